@@ -1,0 +1,1 @@
+"""Export of w2v checkpoints to ONNX model directories and Triton repositories."""

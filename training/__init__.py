@@ -1,0 +1,1 @@
+"""Training side of w2v: the PyTorch model, checkpoints, import, pre-training and fine-tuning."""

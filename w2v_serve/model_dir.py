@@ -1,0 +1,124 @@
+"""The model directory: what ``w2v export`` writes and what every ``--model`` takes.
+
+Layout::
+
+    DIR/
+      model_card.json      this module's ModelCard (format "w2v-model", version 1)
+      vocab.json           the CTC vocabulary ({token: index}, blank at 0)
+      model.onnx           full graph:  audio f32 [B, S], lengths i64 [B]
+                                        -> logits f32 [B, T, V], logit_lengths i64 [B]
+      encoder.onnx         conv encoder: audio, lengths -> features f32 [B, T, C], feature_lengths i64 [B]
+      transformer.onnx     context network + CTC head: features, feature_lengths -> logits, logit_lengths
+      model.fp16.onnx, model.int8.onnx, ...   optional variants, listed in the card
+
+``audio`` is raw 16 kHz mono in [-1, 1]; the graphs apply the model's own input normalization.
+``logits`` are log-probabilities when the card says ``"logits_are_log_probs": true``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from w2v_serve.vocab import Vocabulary
+
+FORMAT = "w2v-model"
+VERSION = 1
+CARD_NAME = "model_card.json"
+VOCAB_NAME = "vocab.json"
+
+# Graph names and their I/O, the contract between export/ and the runtime.
+FULL_GRAPH = "model"
+ENCODER_GRAPH = "encoder"
+TRANSFORMER_GRAPH = "transformer"
+GRAPH_IO = {
+    FULL_GRAPH: (("audio", "lengths"), ("logits", "logit_lengths")),
+    ENCODER_GRAPH: (("audio", "lengths"), ("features", "feature_lengths")),
+    TRANSFORMER_GRAPH: (("features", "feature_lengths"), ("logits", "logit_lengths")),
+}
+
+
+class ModelDirError(ValueError):
+    """A model directory that is missing, incomplete, or of another format."""
+
+
+@dataclass
+class ModelCard:
+    sample_rate: int = 16000
+    frame_stride: int = 320                 # samples per output frame (20 ms)
+    receptive_field: int = 400              # samples seen by one frame of the conv encoder
+    logits_are_log_probs: bool = True
+    # variant name -> {graph name -> file name}, e.g. {"fp32": {"model": "model.onnx", ...}}
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)     # checkpoint path, sha256, meta
+    checks: dict[str, Any] = field(default_factory=dict)     # parity results per variant
+    versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime
+    extra: dict[str, Any] = field(default_factory=dict)      # training data, metrics, notes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        if d.get("format") != FORMAT:
+            raise ModelDirError(f"model card format is {d.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(d.get("version"), int) or d["version"] > VERSION:
+            raise ModelDirError(f"model card version {d.get('version')!r} is newer than supported ({VERSION})")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.frame_stride / self.sample_rate
+
+
+@dataclass
+class ModelDirectory:
+    path: Path
+    card: ModelCard
+    vocab: Vocabulary
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelDirectory":
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelDirError(f"{path}: not a model directory (run `w2v export CKPT --out DIR` to make one)")
+        card_path = path / CARD_NAME
+        try:
+            card = ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ModelDirError(f"{path}: no {CARD_NAME}; not a w2v model directory") from None
+        except json.JSONDecodeError as e:
+            raise ModelDirError(f"{card_path}: not valid JSON: {e}") from e
+        vocab = Vocabulary.load(path / VOCAB_NAME)
+        return cls(path, card, vocab)
+
+    def graph_path(self, graph: str = FULL_GRAPH, variant: str = "fp32") -> Path:
+        try:
+            name = self.card.variants[variant][graph]
+        except KeyError:
+            have = {v: sorted(g) for v, g in self.card.variants.items()}
+            raise ModelDirError(f"{self.path}: no {graph!r} graph in variant {variant!r} (has {have})") from None
+        p = self.path / name
+        if not p.exists():
+            raise ModelDirError(f"{p}: listed in the model card but missing")
+        return p
+
+    def write_card(self) -> None:
+        write_card(self.path, self.card)
+
+
+def write_card(directory: str | Path, card: ModelCard) -> None:
+    directory = Path(directory)
+    tmp = directory / (CARD_NAME + ".tmp")
+    tmp.write_text(json.dumps(card.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(directory / CARD_NAME)
+
+
+def default_model_dir() -> Optional[Path]:
+    """The bundled default model, if this installation has one."""
+    here = Path(__file__).resolve().parent / "models" / "default"
+    return here if (here / CARD_NAME).exists() else None
