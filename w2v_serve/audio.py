@@ -1,0 +1,135 @@
+"""The one audio loader: any file libsndfile reads (WAV, FLAC, OGG/Vorbis, ...), any sample
+rate (soxr high-quality resampling), any channel count (mean downmix), integer or float PCM,
+returned as float32 mono in [-1, 1] at the requested rate.
+
+Every failure is an ``AudioError`` whose message names the file and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def probe(path: str | Path) -> AudioInfo:
+    """Header information without decoding the samples."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from e
+    return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def _reason(e: Exception) -> str:
+    msg = str(e)
+    return msg.split(": ", 1)[-1] if ": " in msg else msg
+
+
+def _check_wav_complete(path: Path) -> None:
+    """libsndfile quietly reads what is there; a RIFF data chunk that declares more bytes than
+    the file holds is a truncated file (an interrupted copy or download)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                # 0 and 0xFFFFFFFF mean "unknown length" (streamed WAV / RF64): nothing to check.
+                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+                    have = size - pos - 8
+                    raise AudioError(f"{path}: truncated (data chunk declares {chunk_size} bytes, {have} present)")
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """High-quality (soxr VHQ) resampling of float32 mono audio."""
+    if orig_sr == target_sr:
+        return audio.astype(np.float32, copy=False)
+    if orig_sr <= 0:
+        raise AudioError(f"invalid sample rate {orig_sr}")
+    return soxr.resample(audio.astype(np.float32, copy=False), orig_sr, target_sr, quality="VHQ").astype(np.float32)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """[frames, channels] or [frames] -> [frames], by averaging the channels."""
+    if audio.ndim == 1:
+        return audio
+    return audio.mean(axis=1, dtype=np.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``path`` to float32 mono at ``sample_rate``.
+
+    Raises AudioError for a missing, empty, non-audio, truncated or silent-by-corruption file,
+    or one with non-finite samples.
+    """
+    path = Path(path)
+    info = probe(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if info.format in ("WAV", "WAVEX"):
+        _check_wav_complete(path)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
+    return resample(to_mono(data), info.sample_rate, sample_rate)
+
+
+def validate_array(audio: np.ndarray, name: str = "audio") -> np.ndarray:
+    """Check an in-memory waveform (1-D or [frames, channels]) and return float32 mono."""
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected 1-D or [frames, channels] audio, got shape {audio.shape}")
+    if audio.dtype.kind in "iu":
+        audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+    audio = to_mono(audio.astype(np.float32, copy=False))
+    if audio.size == 0:
+        raise AudioError(f"{name}: contains no samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{name}: contains non-finite samples (NaN or Inf)")
+    return audio
