@@ -1,0 +1,145 @@
+"""CTC decoding: greedy against an independent reference, beam search, KenLM, hotwords, times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.serve_helpers import FRAME_S, VOCAB, peaky, reference_greedy, spell
+from w2v_serve.decoding import (
+    BEAM, CTCDecoder, DecoderError, DecoderOptions, Transcript, alignment_confidence, safe_cut_frame,
+)
+
+
+def random_log_probs(seed: int, frames: int = 300, sharp: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((frames, len(VOCAB))) * sharp
+    x[:, 0] += 2.0                                   # blank-heavy, like a real CTC model
+    x -= np.logaddexp.reduce(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_equals_reference_decode(seed):
+    lp = random_log_probs(seed)
+    out = CTCDecoder(VOCAB).decode(lp)
+    assert out.text == reference_greedy(lp)
+    assert out.text                                   # the check means something
+    assert [w.word for w in out.words] == out.text.split()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_beam_width_1_without_lm_equals_greedy(seed):
+    lp = random_log_probs(seed)
+    greedy = CTCDecoder(VOCAB).decode(lp)
+    beam = CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=1)).decode(lp)
+    assert beam.text == greedy.text
+    assert [(w.start_s, w.end_s) for w in beam.words] == [(w.start_s, w.end_s) for w in greedy.words]
+    assert [w.confidence for w in beam.words] == pytest.approx([w.confidence for w in greedy.words], rel=1e-5)
+
+
+def test_greedy_word_times_and_confidence():
+    # "_ _ h h _ i _ | _ y o _ _" : "hi" on frames 2..5 (end exclusive 6), "yo" on 9..10.
+    frames = ["_", "_", "h", "h", "_", "i", "_", "|", "_", "y", "o", "_", "_"]
+    out = CTCDecoder(VOCAB, frame_seconds=FRAME_S).decode(peaky(frames, p=0.9), frame_offset=100)
+    assert out.text == "hi yo"
+    hi, yo = out.words
+    assert (hi.start_s, hi.end_s) == pytest.approx((2.04, 2.12))    # 100 frames of offset = 2 s
+    assert (yo.start_s, yo.end_s) == pytest.approx((2.18, 2.22))
+    assert hi.confidence == pytest.approx(0.9, rel=1e-5)
+    # The greedy confidence is the best alignment's per-frame probability (Viterbi agrees).
+    lp = peaky(frames, p=0.9)
+    assert alignment_confidence(lp[2:6], [VOCAB.index("h"), VOCAB.index("i")]) == pytest.approx(hi.confidence, rel=1e-5)
+
+
+AMBIGUOUS = {"c": 0.40, "b": 0.55}     # acoustically "bat", the LM / hotword should say "cat"
+
+
+def ambiguous_logits() -> np.ndarray:
+    frames = spell("the") + ["|", "_", AMBIGUOUS, AMBIGUOUS, "_", "a", "a", "_", "t", "_", "|"] + spell("sat")
+    return peaky(frames)
+
+
+# A hand-written bigram LM: "the cat sat" is likely, "bat" almost never follows "the".
+TINY_ARPA = """\\data\\
+ngram 1=7
+ngram 2=6
+
+\\1-grams:
+-1.0\t<s>\t-0.3
+-1.0\t</s>\t0.0
+-1.5\t<unk>\t0.0
+-0.7\tthe\t-0.3
+-1.0\tcat\t-0.3
+-3.0\tbat\t-0.3
+-1.0\tsat\t-0.3
+
+\\2-grams:
+-0.1\t<s> the
+-0.2\tthe cat
+-3.5\tthe bat
+-0.1\tcat sat
+-0.5\tbat sat
+-0.1\tsat </s>
+
+\\end\\
+"""
+
+
+def test_lm_flips_an_ambiguous_decode(tmp_path):
+    lm = tmp_path / "tiny.arpa"
+    lm.write_text(TINY_ARPA)
+    lp = ambiguous_logits()
+    assert CTCDecoder(VOCAB).decode(lp).text == "the bat sat"
+    assert CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=1)).decode(lp).text == "the bat sat"
+    with_lm = CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=16, lm=str(lm), alpha=1.0, beta=0.0))
+    out = with_lm.decode(lp)
+    assert out.text == "the cat sat"
+    # The LM chose "cat" against the acoustics: its confidence is below the acoustic winner's.
+    cat = out.words[1]
+    assert cat.confidence < CTCDecoder(VOCAB).decode(lp).words[1].confidence
+
+
+def test_binary_lm_needs_unigrams(tmp_path):
+    fake = tmp_path / "lm.bin"
+    fake.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0\0")
+    with pytest.raises(DecoderError, match="unigram"):
+        CTCDecoder(VOCAB, DecoderOptions(method=BEAM, lm=str(fake)))
+
+
+def test_hotword_recovers_what_greedy_misses():
+    lp = ambiguous_logits()
+    assert CTCDecoder(VOCAB).decode(lp).text == "the bat sat"
+    beam = CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=16))
+    assert beam.decode(lp).text == "the bat sat"
+    out = beam.decode(lp, hotwords=["cat"], hotword_weight=5.0)
+    assert out.text == "the cat sat"
+    # Per request: the next call without hotwords is unaffected.
+    assert beam.decode(lp).text == "the bat sat"
+
+
+def test_options_are_checked():
+    with pytest.raises(DecoderError, match="beam"):
+        DecoderOptions(method="greedy", hotwords=("x",))
+    with pytest.raises(DecoderError, match="unknown decoder"):
+        DecoderOptions(method="viterbi")
+    with pytest.raises(DecoderError, match="shape"):
+        CTCDecoder(VOCAB).decode(np.zeros((5, 3)))
+
+
+def test_segments_cut_at_word_boundaries_decode_like_the_whole():
+    text = "one two three four five six seven eight nine ten"
+    lp = peaky(spell(text, gap=3))
+    whole = CTCDecoder(VOCAB).decode(lp)
+    parts, start = [], 0
+    while True:
+        cut = safe_cut_frame(lp, VOCAB, start + 20, min(start + 40, len(lp)))
+        if cut is None:
+            break
+        parts.append(CTCDecoder(VOCAB).decode(lp[start:cut], frame_offset=start))
+        start = cut
+    parts.append(CTCDecoder(VOCAB).decode(lp[start:], frame_offset=start))
+    assert len(parts) > 3
+    joined = Transcript.join(parts)
+    assert joined.text == whole.text == text
+    assert joined.words == whole.words

@@ -1,0 +1,36 @@
+"""`w2v lm build`: a real toolkit (IRSTLM) builds an ARPA LM that KenLM loads and that steers beam search."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_decoding import ambiguous_logits
+from tests.serve_helpers import VOCAB
+from w2v_serve.cli import main as w2v
+from w2v_serve.decoding import BEAM, CTCDecoder, DecoderOptions
+from w2v_serve.lm import find_irstlm, read_unigrams, unigrams_path_for
+
+def test_lm_build_cli_writes_arpa_and_unigrams_that_steer_beam_search(tmp_path, capsys):
+    find_irstlm()      # fails loudly (with the apt package to install) rather than skipping
+    text = tmp_path / "domain.txt"
+    text.write_text("The cat sat on the mat.\nthe cat sat!\nA black cat sat there, the cat sat.\n"
+                    "the dog sat\nthe bat flew away\n" * 5)
+    out = tmp_path / "lm" / "domain.arpa"
+    assert w2v(["lm", "build", str(text), "--order", "3", "--out", str(out)]) == 0
+    arpa = out.read_text()
+    assert "\\data\\" in arpa and "ngram 3=" in arpa.replace("  ", " ").replace("  ", " ")
+    unigrams = read_unigrams(unigrams_path_for(out))
+    assert unigrams == {"the", "cat", "sat", "on", "mat", "a", "black", "there", "dog", "bat", "flew", "away"}
+    assert "wrote" in capsys.readouterr().err
+
+    lp = ambiguous_logits()      # acoustically "the bat sat"
+    assert CTCDecoder(VOCAB).decode(lp).text == "the bat sat"
+    beam = CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=16, lm=str(out), alpha=1.0, beta=0.0))
+    assert beam.decode(lp).text == "the cat sat"
+
+
+def test_lm_build_reports_empty_text(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("... !!! \n\n")
+    assert w2v(["lm", "build", str(empty), "--out", str(tmp_path / "x.arpa")]) == 2
+    assert "no words" in capsys.readouterr().err
