@@ -53,6 +53,7 @@ class ModelCard:
     # variant name -> {graph name -> file name}, e.g. {"fp32": {"model": "model.onnx", ...}}
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
+    vocabulary: list[str] = field(default_factory=list)      # the CTC tokens (vocab.json holds the same)
     source: dict[str, Any] = field(default_factory=dict)     # checkpoint path, sha256, meta
     checks: dict[str, Any] = field(default_factory=dict)     # parity results per variant
     versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime

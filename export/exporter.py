@@ -1,0 +1,259 @@
+"""``w2v export``: a CTC checkpoint -> a model directory (see w2v_serve/model_dir.py).
+
+    export_model("model.ckpt", "exported/", fp16=True, int8=True)
+
+writes the fp32 graphs (full, encoder, transformer), the requested variants, vocab.json and
+model_card.json. With ``check`` (the default) every graph passes the ONNX checker, the fp32
+and fp16 graphs pass the TensorRT check, and every variant is compared with PyTorch on fresh
+random audio; the numbers go into the card, and an fp32 graph that disagrees with PyTorch
+fails the export. The directory is assembled in a temporary folder beside ``out_dir`` and
+moved in at the end, card last, so a failed export never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import onnx
+
+from export.graphs import export_graph, inference_copy
+from training.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from training.model import Wav2Vec2Model
+from w2v_serve.model_dir import (
+    ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH, VOCAB_NAME, ModelCard, write_card,
+)
+
+GRAPHS = (FULL_GRAPH, ENCODER_GRAPH, TRANSFORMER_GRAPH)
+MIN_OPSET = 17
+# An fp32 graph further than this from PyTorch (relative to the largest log-probability) is a bug.
+FP32_MAX_REL_ERROR = 1e-4
+# int8 quantizes the convolutions too unless that costs more than this much argmax agreement
+# over quantizing the matrix products alone.
+INT8_CONV_AGREEMENT_COST = 0.01
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done or whose graphs fail the export-time checks."""
+
+
+def graph_file(graph: str, variant: str) -> str:
+    return f"{graph}.onnx" if variant == "fp32" else f"{graph}.{variant}.onnx"
+
+
+# ---------------------------------------------------------------------------- checkpoint
+def checked_checkpoint(checkpoint: str | Path | Checkpoint) -> tuple[Checkpoint, dict[str, Any]]:
+    """Load (if a path) and validate a checkpoint for export; returns it and its source record."""
+    if isinstance(checkpoint, Checkpoint):
+        ckpt, source = checkpoint, {"checkpoint": None, "sha256": None}
+        origin = "checkpoint"
+    else:
+        path = Path(checkpoint)
+        ckpt = load_checkpoint(path)  # CheckpointError: missing, truncated, not a w2v checkpoint
+        source = {"checkpoint": str(path), "sha256": file_sha256(path)}
+        origin = str(path)
+    if ckpt.kind != "ctc":
+        raise CheckpointError(
+            f"{origin}: is a {ckpt.kind} checkpoint without a CTC head; export needs a fine-tuned "
+            f"(ctc) checkpoint: fine-tune it first (`w2v finetune`)"
+        )
+    head_outputs = ckpt.model_config.vocab_size
+    if ckpt.vocab is None:
+        raise CheckpointError(f"{origin}: has a CTC head with {head_outputs} outputs but no vocabulary")
+    head = ckpt.model_state.get("ctc_head.weight")
+    sizes = {"vocabulary": len(ckpt.vocab), "config vocab_size": head_outputs,
+             "ctc_head.weight rows": None if head is None else int(head.shape[0])}
+    if len({v for v in sizes.values() if v is not None}) != 1:
+        raise CheckpointError(
+            f"{origin}: vocabulary does not match the CTC head ("
+            + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ")"
+        )
+    source.update(kind=ckpt.kind, meta=ckpt.meta)
+    return ckpt, source
+
+
+# ---------------------------------------------------------------------------- export
+def export_model(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, fp16: bool = False,
+                 int8: bool = False, check: bool = True, opset: int = MIN_OPSET) -> Path:
+    """Write a complete model directory for ``checkpoint`` to ``out_dir``; returns ``out_dir``."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+    ckpt, source = checked_checkpoint(checkpoint)
+    model = inference_copy(ckpt.build_model())
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        card = _build_directory(model, ckpt, source, work, fp16=fp16, int8=int8, check=check, opset=opset)
+        _move_into(work, out_dir, card)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], work: Path, *,
+                     fp16: bool, int8: bool, check: bool, opset: int) -> ModelCard:
+    from export import variants
+
+    files = {g: graph_file(g, "fp32") for g in GRAPHS}
+    for graph, name in files.items():
+        export_graph(model, graph, work / name, opset)
+    card = _new_card(model, ckpt, source, opset)
+    card.variants["fp32"] = files
+    if fp16:
+        card.variants["fp16"] = {g: graph_file(g, "fp16") for g in GRAPHS}
+        for g in GRAPHS:
+            variants.write_fp16(work / files[g], work / card.variants["fp16"][g])
+    if int8:
+        card.variants["int8"] = _write_int8(model, work, files, card, check)
+    ckpt.vocab.save(work / VOCAB_NAME)  # type: ignore[union-attr]
+    if check:
+        _check_all(model, work, card)
+    return card
+
+
+def _write_int8(model: Wav2Vec2Model, work: Path, fp32_files: dict[str, str], card: ModelCard,
+                check: bool) -> dict[str, str]:
+    """int8 graphs; the convolutions are quantized too where that keeps the accuracy of
+    quantizing the matrix products alone (decided on the full graph, applied to all three)."""
+    from export import variants
+
+    names = {g: graph_file(g, "int8") for g in GRAPHS}
+    with_conv = ("MatMul", "Conv")
+    chosen: tuple[str, ...] = with_conv
+    if check:
+        seed = secrets.randbits(31)
+        agreement = {}
+        for op_types in (("MatMul",), with_conv):
+            trial = variants.write_int8(work / fp32_files[FULL_GRAPH], work / "trial.int8.onnx", op_types)
+            agreement[op_types] = _parity(trial, model, seed)["argmax_agreement"]
+        trial.unlink()
+        if agreement[with_conv] < agreement[("MatMul",)] - INT8_CONV_AGREEMENT_COST:
+            chosen = ("MatMul",)
+        card.extra["int8_choice"] = {"+".join(k): v for k, v in agreement.items()}
+    for g in GRAPHS:
+        variants.write_int8(work / fp32_files[g], work / names[g], chosen)
+    card.extra["int8_quantized_ops"] = list(chosen)
+    return names
+
+
+def _new_card(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], opset: int) -> ModelCard:
+    import onnxruntime
+    import torch
+
+    return ModelCard(
+        frame_stride=model.hop_length,
+        receptive_field=model.receptive_field,
+        logits_are_log_probs=True,
+        model_config=ckpt.model_config.to_dict(),
+        vocabulary=list(ckpt.vocab.tokens),  # type: ignore[union-attr]
+        source=source,
+        versions={"torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "w2v": _w2v_version()},
+        extra={"opset": opset, "parameters": sum(p.numel() for p in model.parameters()),
+               "io": {g: {"inputs": list(i), "outputs": list(o)} for g, (i, o) in GRAPH_IO.items()}},
+    )
+
+
+def _w2v_version() -> str:
+    from w2v_serve.cli import _version
+
+    return _version()
+
+
+# ---------------------------------------------------------------------------- checks
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _parity(path: Path, model: Wav2Vec2Model, seed: int) -> dict[str, Any]:
+    from export.parity import check_session
+
+    return check_session(_session(path), model, seed)
+
+
+def _check_all(model: Wav2Vec2Model, work: Path, card: ModelCard) -> None:
+    """ONNX checker on every graph, TensorRT check on the fp32/fp16 graphs, parity per variant,
+    encoder+transformer composition; results into ``card.checks``. fp32 failures raise."""
+    from export.parity import check_composition
+    from export.trt_check import check_model
+
+    seed = secrets.randbits(31)  # fresh audio each export, reproducible from the card
+    checks: dict[str, Any] = {"onnx_checker": {}, "tensorrt": {}, "parity": {}}
+    for variant, files in card.variants.items():
+        for graph, name in files.items():
+            try:
+                onnx.checker.check_model(str(work / name), full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise ExportError(f"{name} fails the ONNX checker: {e}") from e
+            checks["onnx_checker"][name] = "ok"
+            report = check_model(work / name)
+            checks["tensorrt"][name] = {"ok": report.ok, "problems": report.problems()}
+            if variant in ("fp32", "fp16") and not report.ok:
+                raise ExportError(f"{name} is not TensorRT-friendly: {'; '.join(report.problems())}")
+        checks["parity"][variant] = _parity(work / files[FULL_GRAPH], model, seed)
+    fp32 = checks["parity"]["fp32"]
+    if not fp32["lengths_equal"] or fp32["max_rel_error"] > FP32_MAX_REL_ERROR:
+        raise ExportError(f"the fp32 graph disagrees with PyTorch: {fp32}")
+    files = card.variants["fp32"]
+    checks["composition"] = check_composition(
+        _session(work / files[ENCODER_GRAPH]), _session(work / files[TRANSFORMER_GRAPH]),
+        _session(work / files[FULL_GRAPH]), seed,
+    )
+    if checks["composition"]["max_rel_error"] > FP32_MAX_REL_ERROR:
+        raise ExportError(f"encoder + transformer graphs differ from the full graph: {checks['composition']}")
+    if "int8" in card.variants:
+        checks["tensorrt_note"] = ("int8 graphs use ONNX Runtime's dynamic quantization ops; for TensorRT "
+                                   "int8, build the engine from the fp32 graph with TensorRT's own calibration")
+    card.checks = checks
+
+
+def _move_into(work: Path, out_dir: Path, card: ModelCard) -> None:
+    """Move the finished files into ``out_dir``; the card last, so it only ever lists files
+    that are there."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_card(work, card)
+    names = [VOCAB_NAME] + [n for files in card.variants.values() for n in files.values()]
+    for name in names:
+        os.replace(work / name, out_dir / name)
+    write_card(out_dir, card)
+
+
+# ---------------------------------------------------------------------------- CLI
+def cmd_export(args: argparse.Namespace) -> int:
+    out = export_model(args.checkpoint, args.out, fp16=args.fp16, int8=args.int8,
+                       check=not args.no_check, opset=args.opset)
+    _print_summary(out)
+    if getattr(args, "repository", None):
+        _write_repository(out, Path(args.repository))
+    return 0
+
+
+def _print_summary(out: Path) -> None:
+    from w2v_serve.model_dir import ModelDirectory
+
+    card = ModelDirectory.load(out).card
+    print(f"wrote {out}: variants {', '.join(card.variants)}; {len(card.vocabulary)} tokens, "
+          f"{card.extra.get('parameters', 0) / 1e6:.1f} M parameters, opset {card.extra.get('opset')}")
+    for variant, result in card.checks.get("parity", {}).items():
+        print(f"  {variant}: max relative error {result['max_rel_error']:.2e}, "
+              f"argmax agreement {result['argmax_agreement']:.4f} vs PyTorch")
+
+
+def _write_repository(model_dir: Path, repository: Path) -> None:
+    """``--repository DIR``: the Triton model repository writer (export/triton_repo.py)."""
+    try:
+        from export.triton_repo import write_repository  # type: ignore[import-not-found]
+    except ModuleNotFoundError as e:
+        raise ExportError("this build has no Triton repository writer (export/triton_repo.py)") from e
+    write_repository(model_dir, repository)
+    print(f"wrote Triton model repository {repository}")

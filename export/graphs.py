@@ -1,0 +1,120 @@
+"""The three exported graphs as torch modules, and their ONNX export.
+
+Each wrapper calls the model's own passes (``encode_features``, ``contextualize``,
+``ctc_logits``), so the graphs compute exactly what training and the parity tests check;
+the wrappers only fix the I/O of the model directory contract (w2v_serve/model_dir.py) and
+append the log-softmax. The model is exported from an eval-mode copy whose weight-normed
+positional convolution is folded into a plain Conv1d, so no dropout, masking, layer drop or
+weight-norm arithmetic reaches the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.model import Wav2Vec2Model
+from training.model.components import WeightNormConv1d
+from w2v_serve.model_dir import ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH
+
+
+def fold_weight_norm(conv: WeightNormConv1d) -> nn.Conv1d:
+    """A plain Conv1d holding g * v / ||v||, computed once."""
+    channels = conv.weight_v.shape[0]
+    plain = nn.Conv1d(channels, channels, conv.kernel_size, padding=conv.kernel_size // 2, groups=conv.groups)
+    with torch.no_grad():
+        plain.weight.copy_(conv.weight())
+        plain.bias.copy_(conv.bias)
+    return plain
+
+
+def inference_copy(model: Wav2Vec2Model) -> Wav2Vec2Model:
+    """An eval-mode, float32 copy of ``model`` with every weight norm folded (the original is untouched)."""
+    model = copy.deepcopy(model).float().eval()
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, WeightNormConv1d):
+                setattr(module, name, fold_weight_norm(child))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class FullGraph(nn.Module):
+    """audio [B, S], lengths [B] -> CTC log-probabilities [B, T, V], logit_lengths [B]."""
+
+    def __init__(self, model: Wav2Vec2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        features, frame_lengths = self.model.encode_features(audio, lengths)
+        context, _ = self.model.contextualize(features, frame_lengths)
+        return F.log_softmax(self.model.ctc_logits(context), dim=-1), frame_lengths
+
+
+class EncoderGraph(nn.Module):
+    """audio [B, S], lengths [B] -> conv features [B, T, C] (before LayerNorm), feature_lengths [B]."""
+
+    def __init__(self, model: Wav2Vec2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.encode_features(audio, lengths)
+
+
+class TransformerGraph(nn.Module):
+    """features [B, T, C], feature_lengths [B] -> log-probabilities [B, T, V], logit_lengths [B]."""
+
+    def __init__(self, model: Wav2Vec2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: Tensor, feature_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        context, _ = self.model.contextualize(features, feature_lengths)
+        # Identity-like op so the length output is a node of its own, not the graph input.
+        return F.log_softmax(self.model.ctc_logits(context), dim=-1), feature_lengths.clone()
+
+
+WRAPPERS = {FULL_GRAPH: FullGraph, ENCODER_GRAPH: EncoderGraph, TRANSFORMER_GRAPH: TransformerGraph}
+
+# Dynamic axes per I/O name: batch everywhere, time (samples or frames) where there is one.
+_DYNAMIC_AXES = {
+    "audio": {0: "batch", 1: "samples"},
+    "lengths": {0: "batch"},
+    "features": {0: "batch", 1: "frames"},
+    "feature_lengths": {0: "batch"},
+    "logits": {0: "batch", 1: "frames"},
+    "logit_lengths": {0: "batch"},
+}
+
+
+def example_inputs(graph: str, model: Wav2Vec2Model) -> tuple[Tensor, Tensor]:
+    """Trace inputs: two rows of different lengths, so nothing specializes to one length or
+    to a batch of one."""
+    samples = torch.tensor([8000, 6400], dtype=torch.int64)
+    audio = torch.randn(2, int(samples.max()), generator=torch.Generator().manual_seed(0)) * 0.1
+    if graph != TRANSFORMER_GRAPH:
+        return audio, samples
+    with torch.no_grad():
+        return model.encode_features(audio, samples)  # type: ignore[return-value]
+
+
+def export_graph(model: Wav2Vec2Model, graph: str, path: str | Path, opset: int) -> Path:
+    """Export one graph of an ``inference_copy`` model to ``path`` (ONNX, fp32)."""
+    inputs, outputs = GRAPH_IO[graph]
+    wrapper = WRAPPERS[graph](model).eval()
+    args = example_inputs(graph, model)
+    path = Path(path)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, args, str(path), input_names=list(inputs), output_names=list(outputs),
+            dynamic_axes={n: _DYNAMIC_AXES[n] for n in inputs + outputs},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    return path
