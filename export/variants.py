@@ -62,6 +62,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         model, keep_io_types=True, op_block_list=list(FP32_OPS),
         node_block_list=fp32_island_nodes(model), disable_shape_infer=False,
     )
+    drop_duplicate_nodes(converted.graph)
     drop_round_trip_casts(converted.graph)
     topological_sort(converted.graph)
     return converted
@@ -71,6 +72,20 @@ def _cast_to(node: onnx.NodeProto) -> int | None:
     if node.op_type != "Cast":
         return None
     return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """The converter inserts the same cast once per consumer when a float16 tensor feeds
+    several float32 nodes, all writing one output name; keep one of each."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
 
 
 def drop_round_trip_casts(graph: onnx.GraphProto) -> None:
