@@ -70,3 +70,57 @@ def trim_silence(audio: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     """Cut leading and trailing samples below ``threshold`` (espeak-ng pads its output)."""
     loud = np.flatnonzero(np.abs(audio) > threshold)
     return audio[loud[0]: loud[-1] + 1]
+
+
+# ---------------------------------------------------------------------------- tiny exported models
+TINY = dict(conv_layers=[[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2, embed_dim=64, num_layers=2,
+            num_heads=4, ffn_dim=128, pos_conv_kernel=16, pos_conv_groups=4)
+_MODEL_DIRS: dict = {}
+
+
+def tiny_model_dir(kind: str = "attention") -> Path:
+    """A randomly initialised ~0.1 M-parameter CTC model over VOCAB, exported with export_model
+    (cached per process).
+
+    kind "attention": as initialised (every frame sees the whole input).
+    kind "local": attention and positional convolution switched off (out_proj / weight_g = 0), so
+    each frame depends only on its own 400 samples; and the head centred so that silence decodes
+    to the word delimiter. Windowed inference must then reproduce whole-input logits exactly, and a
+    recording made by joining utterances separated by silence must transcribe to the joined
+    transcripts of the utterances.
+    """
+    if kind in _MODEL_DIRS:
+        return _MODEL_DIRS[kind]
+    import tempfile
+
+    import torch
+
+    from export.exporter import export_model
+    from training.checkpoint import Checkpoint
+    from training.model import wav2vec2_small
+
+    torch.manual_seed(7)
+    model = wav2vec2_small(vocab_size=len(VOCAB), **TINY).eval()
+    if kind == "local":
+        with torch.no_grad():
+            state = model.state_dict()
+            for name, value in state.items():
+                if ".attention.out_proj." in name or name == "encoder.pos_conv.conv.weight_g":
+                    value.zero_()
+            # Centre the CTC head on silence's hidden state and scale it up: silence (zeros) gives
+            # the word delimiter by a margin of 3 (as a trained model does at pauses), speech frames
+            # get varied labels (a random model's raw logits hardly change from frame to frame).
+            hidden = {}
+            hook = model.ctc_head.register_forward_hook(lambda m, i, o: hidden.update(h=i[0]))
+            model(torch.zeros(1, 4000))
+            hook.remove()
+            h_silence = hidden["h"][0, 0]
+            weight = state["ctc_head.weight"]
+            weight.mul_(8.0)
+            state["ctc_head.bias"].copy_(-(weight @ h_silence))
+            state["ctc_head.bias"][VOCAB.word_delimiter_id] += 3.0
+            model.load_state_dict(state)
+    out = Path(tempfile.mkdtemp(prefix=f"w2v-tiny-{kind}-")) / "model"
+    export_model(Checkpoint.from_model(model, VOCAB), out, check=False)
+    _MODEL_DIRS[kind] = out
+    return out

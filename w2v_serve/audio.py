@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -118,6 +119,41 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
     return resample(to_mono(data), info.sample_rate, sample_rate)
+
+
+def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block_frames: int = 1 << 18) -> Iterator[np.ndarray]:
+    """``load_audio`` in blocks, for recordings of any length: yields float32 mono chunks at
+    ``sample_rate`` (streaming soxr, same quality) while holding one block in memory.
+
+    The file is checked (exists, non-empty, readable, not truncated) before the first block;
+    a block with non-finite samples raises AudioError when it is reached.
+    """
+    path = Path(path)
+    info = probe(path)
+    if info.frames == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if info.format in ("WAV", "WAVEX"):
+        _check_wav_complete(path)
+    resampler = None
+    if info.sample_rate != sample_rate:
+        if info.sample_rate <= 0:
+            raise AudioError(f"{path}: invalid sample rate {info.sample_rate}")
+        resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="VHQ")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block_frames, dtype="float32", always_2d=True)
+                last = data.shape[0] < block_frames
+                if not np.isfinite(data).all():
+                    raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
+                mono = to_mono(data)
+                out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+                if len(out):
+                    yield out.astype(np.float32, copy=False)
+                if last:
+                    return
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
 
 
 def validate_array(audio: np.ndarray, name: str = "audio") -> np.ndarray:

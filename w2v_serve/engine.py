@@ -1,0 +1,189 @@
+"""The acoustic model at run time: an ONNX Runtime session over a model directory's ``model.onnx``.
+
+* Execution providers: TensorRT, then CUDA, then CPU, whichever this onnxruntime build has.
+* Batches: rows padded to the longest, with ``lengths`` so each row gets the result it gets alone;
+  ``plan_batches`` groups inputs of similar length (length buckets) so little compute is padding.
+* Long recordings: overlapping windows. Window k starts at ``k * hop`` samples (a multiple of the
+  frame stride, so its frames fall on the recording's frame grid) and is ``hop + 2 * context``
+  long; of its frames we keep those whose own context reaches ``context`` into both neighbours,
+  and the kept frames of consecutive windows tile the recording exactly. ``stream_log_probs``
+  takes the audio as a stream of blocks and yields the stitched frames as they are ready, so
+  memory stays bounded by the window batch whatever the duration.
+
+Output is log-probabilities [frames, vocab] per input (log-softmax applied here when the card says
+the graph emits raw logits).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from w2v_serve.model_dir import FULL_GRAPH, ModelDirectory
+
+# Most capable first; the first ones this onnxruntime build has are used (CPU always last).
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class EngineError(RuntimeError):
+    """The model cannot be loaded or run."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    variant: str = "fp32"                    # which graph variant of the model card (fp32, fp16, int8)
+    providers: Optional[tuple[str, ...]] = None   # default: PROVIDER_PREFERENCE ∩ available
+    threads: int = 0                         # intra-op threads; 0 = onnxruntime's choice (all cores)
+    batch_size: int = 8                      # rows per run (short files, or windows of a long one)
+    window_s: float = 30.0                   # recordings longer than this go through windows
+    context_s: float = 2.0                   # overlap on each side of a window's kept frames
+    pad_multiple: int = 0                    # pad batch length to a multiple of this many samples
+                                             # (0: the frame stride; TensorRT: 1 s, fewer engine shapes)
+
+
+class Engine:
+    """Runs ``model.onnx`` of a model directory on batches and on arbitrarily long audio."""
+
+    def __init__(self, model: ModelDirectory | str | Path, options: EngineOptions = EngineOptions()):
+        self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+        self.options = options
+        card = self.model.card
+        self.sample_rate = card.sample_rate
+        self.stride = card.frame_stride
+        self.receptive_field = card.receptive_field
+        self.frame_seconds = card.frame_seconds
+        self.session = self._open_session(self.model.graph_path(FULL_GRAPH, options.variant))
+        self.providers = tuple(self.session.get_providers())
+        pad = options.pad_multiple or (self.sample_rate if self.providers[0].startswith("Tensorrt") else self.stride)
+        self.pad_multiple = max(self.stride, pad - pad % self.stride)
+        # Window geometry in samples, all multiples of the stride (frames align across windows).
+        self.context = max(1, round(options.context_s * self.sample_rate / self.stride)) * self.stride
+        window = max(round(options.window_s * self.sample_rate / self.stride) * self.stride, 4 * self.context)
+        self.hop = window - 2 * self.context
+        self.window = window
+
+    def _open_session(self, path: Path) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if self.options.threads:
+            so.intra_op_num_threads = self.options.threads
+        so.log_severity_level = 3          # TensorRT/CUDA fallbacks are reported by us, not as warnings
+        available = ort.get_available_providers()
+        wanted = self.options.providers or PROVIDER_PREFERENCE
+        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as e:   # onnxruntime raises its own exception types
+            raise EngineError(f"{path}: cannot load the model ({e})") from e
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        if not {"audio", "lengths"} <= inputs or not {"logits", "logit_lengths"} <= outputs:
+            raise EngineError(f"{path}: expected inputs audio, lengths and outputs logits, logit_lengths; "
+                              f"got {sorted(inputs)} -> {sorted(outputs)}")
+        return session
+
+    # ------------------------------------------------------------------ geometry
+    def num_frames(self, n_samples: int) -> int:
+        """Frames the conv encoder gives for ``n_samples`` (0 below one receptive field)."""
+        return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.stride + 1
+
+    def is_long(self, n_samples: int) -> bool:
+        return n_samples > self.window
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into batches of similar length (sorted, then cut every batch_size rows);
+        long inputs (windowed) are left out."""
+        order = sorted((i for i, n in enumerate(lengths) if not self.is_long(n)), key=lambda i: lengths[i])
+        bs = max(1, self.options.batch_size)
+        return [order[k:k + bs] for k in range(0, len(order), bs)]
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One session run over mono float32 arrays; log-probs [frames_i, vocab] per array."""
+        if not batch:
+            return []
+        lengths = np.array([len(a) for a in batch], dtype=np.int64)
+        if lengths.min() < self.receptive_field:
+            short = int(lengths.argmin())
+            raise EngineError(f"input {short} has {lengths[short]} samples; the model needs at least "
+                              f"{self.receptive_field} ({1000 * self.receptive_field / self.sample_rate:.0f} ms)")
+        width = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        audio = np.zeros((len(batch), width), dtype=np.float32)
+        for row, a in zip(audio, batch):
+            row[: len(a)] = a
+        logits, logit_lengths = self.session.run(["logits", "logit_lengths"], {"audio": audio, "lengths": lengths})
+        if not self.model.card.logits_are_log_probs:
+            logits = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        return [logits[i, : int(logit_lengths[i])] for i in range(len(batch))]
+
+    def log_probs(self, audio: np.ndarray) -> np.ndarray:
+        """Log-probs of one recording of any length (windows when it is long)."""
+        if not self.is_long(len(audio)):
+            return self.infer([audio])[0]
+        return np.concatenate([chunk for _, chunk in self.stream_log_probs([audio])], axis=0)
+
+    def stream_log_probs(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """Stitched log-probs of the recording whose samples ``blocks`` yields in order.
+
+        Yields ``(first_frame, log_probs)`` chunks that tile the recording's frames in order. Holds at
+        most ``batch_size`` windows of audio (and their logits) at a time.
+        """
+        bs = max(1, self.options.batch_size)
+        stride, hop, ctx, window = self.stride, self.hop, self.context, self.window
+        buffer = np.zeros(0, dtype=np.float32)
+        start = 0            # recording sample index of buffer[0]; always a window start
+        next_frame = 0       # first frame not yet emitted
+        pending: list[np.ndarray] = []
+
+        def run(windows: list[tuple[int, np.ndarray, bool]]) -> Iterator[tuple[int, np.ndarray]]:
+            nonlocal next_frame
+            outputs = self.infer([w for _, w, _ in windows])
+            for (w_start, _, last), lp in zip(windows, outputs):
+                first_kept = next_frame - w_start // stride
+                stop = len(lp) if last else (hop + ctx) // stride
+                chunk = lp[first_kept:stop]
+                if len(chunk):
+                    yield next_frame, chunk
+                    next_frame += len(chunk)
+
+        for block in blocks:
+            pending.append(np.asarray(block, dtype=np.float32))
+            if sum(len(p) for p in pending) < window:
+                continue
+            buffer = np.concatenate([buffer, *pending])
+            pending = []
+            # Enough for bs windows that are surely not the last (more audio follows each).
+            while len(buffer) > (bs - 1) * hop + window:
+                windows = [(start + k * hop, buffer[k * hop: k * hop + window], False) for k in range(bs)]
+                yield from run(windows)
+                buffer = buffer[bs * hop:].copy()
+                start += bs * hop
+        buffer = np.concatenate([buffer, *pending])
+        # The rest: windows until one reaches the end.
+        windows = []
+        k = 0
+        while True:
+            piece = buffer[k * hop: k * hop + window]
+            last = k * hop + window >= len(buffer)
+            if len(piece) >= self.receptive_field:
+                windows.append((start + k * hop, piece, last))
+            if last:
+                break
+            k += 1
+        for b in range(0, len(windows), bs):
+            yield from run(windows[b:b + bs])
+
+
+def default_threads() -> int:
+    """Cores this process may use (respects CPU affinity / container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

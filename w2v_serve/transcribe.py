@@ -1,0 +1,234 @@
+"""The Python API for offline transcription.
+
+    from w2v_serve.transcribe import Transcriber
+    from w2v_serve.decoding import DecoderOptions
+
+    t = Transcriber("model_dir", decoder=DecoderOptions(method="beam", lm="lm.arpa"))
+    result = t.transcribe("call.wav")
+    print(result.text, [(w.word, w.start_s, w.end_s, w.confidence) for w in result.words])
+    for r in t.transcribe_iter(paths):          # input order, failures as results with .error
+        ...
+
+Inputs are file paths or float/int arrays (mono or [frames, channels]) at ``sample_rate``.
+Files no longer than the engine's window are loaded whole and batched by length; longer ones are
+streamed through overlapping windows and decoded in segments cut at word boundaries, so memory is
+bounded whatever the duration. A file that cannot be read becomes a result with ``error`` set;
+the others are unaffected.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from w2v_serve.audio import AudioError, load_audio, probe, resample, stream_audio, validate_array
+from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript, Word, safe_cut_frame
+from w2v_serve.engine import Engine, EngineOptions
+from w2v_serve.model_dir import ModelDirectory, ModelDirError, default_model_dir
+
+AudioInput = Union[str, Path, np.ndarray]
+# Long recordings are decoded in segments of SEGMENT_MIN_S..SEGMENT_MAX_S, cut where no word is.
+SEGMENT_MIN_S = 10.0
+SEGMENT_MAX_S = 30.0
+_STREAM_BLOCK_S = 10.0
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    """One input's transcript, or its error."""
+
+    path: Optional[str]                 # the file, or None for an array
+    text: str = ""
+    words: tuple[Word, ...] = ()
+    duration_s: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3),
+                "words": [w.to_dict() for w in self.words]}
+
+
+@dataclass
+class _Item:
+    index: int
+    source: AudioInput
+    samples: int = 0                    # at the model's rate (estimated from the header for files)
+    audio: Optional[np.ndarray] = field(default=None, repr=False)
+    error: Optional[str] = None
+
+    @property
+    def path(self) -> Optional[str]:
+        return None if isinstance(self.source, np.ndarray) else str(self.source)
+
+
+class Transcriber:
+    """Loads a model directory once; transcribes files or arrays, one or many at a time.
+
+    ``engine`` may be any object with the ``Engine`` interface (``infer``, ``stream_log_probs``,
+    ``plan_batches``, ``is_long``, ``sample_rate``, ``frame_seconds``, ``receptive_field``) -
+    the seam for a remote (Triton) acoustic model.
+    """
+
+    def __init__(self, model: Union[str, Path, ModelDirectory, None] = None, *,
+                 decoder: DecoderOptions = DecoderOptions(), engine_options: EngineOptions = EngineOptions(),
+                 engine: Optional[Engine] = None):
+        if engine is None:
+            if model is None:
+                model = default_model_dir()
+                if model is None:
+                    raise ModelDirError("this installation has no bundled default model yet; "
+                                        "pass a model directory (written by `w2v export CKPT --out DIR`)")
+            engine = Engine(model, engine_options)
+        self.engine = engine
+        self.vocab = engine.model.vocab
+        self.sample_rate = engine.sample_rate
+        self.decoder = CTCDecoder(self.vocab, decoder, frame_seconds=engine.frame_seconds)
+        self.batch_size = max(1, getattr(engine, "options", engine_options).batch_size)
+
+    # ------------------------------------------------------------------ API
+    def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
+                   hotwords: Optional[Sequence[str]] = None) -> TranscriptionResult:
+        """One file or array. A bad input gives a result with ``error`` (never raises for it)."""
+        return next(self.transcribe_iter([audio], sample_rate=sample_rate, hotwords=hotwords))
+
+    def transcribe_batch(self, inputs: Sequence[AudioInput], **kwargs) -> list[TranscriptionResult]:
+        return list(self.transcribe_iter(inputs, **kwargs))
+
+    def transcribe_iter(self, inputs: Iterable[AudioInput], *, sample_rate: Optional[int] = None,
+                        hotwords: Optional[Sequence[str]] = None,
+                        on_result: Optional[Callable[[TranscriptionResult], None]] = None,
+                        chunk_size: Optional[int] = None) -> Iterator[TranscriptionResult]:
+        """Results in input order. Inputs are taken ``chunk_size`` at a time (default 16 batches),
+        sorted by length into batches within a chunk, so output flows while memory stays small."""
+        chunk_size = chunk_size or 16 * self.batch_size
+        chunk: list[_Item] = []
+        for i, source in enumerate(inputs):
+            chunk.append(_Item(i, source))
+            if len(chunk) == chunk_size:
+                yield from self._run_chunk(chunk, sample_rate, hotwords, on_result)
+                chunk = []
+        if chunk:
+            yield from self._run_chunk(chunk, sample_rate, hotwords, on_result)
+
+    # ------------------------------------------------------------------ internals
+    def _run_chunk(self, items: list[_Item], sample_rate, hotwords, on_result) -> Iterator[TranscriptionResult]:
+        for item in items:
+            self._measure(item, sample_rate)
+        results: dict[int, TranscriptionResult] = {}
+        ok = [it for it in items if it.error is None]
+        batches = [[ok[i] for i in b] for b in self.engine.plan_batches([it.samples for it in ok])]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v-load") as loader:
+            # Load (decode, resample) the next batch while the model runs on this one.
+            future = loader.submit(self._load_batch, batches[0], sample_rate) if batches else None
+            for b, batch in enumerate(batches):
+                loaded = future.result()
+                future = loader.submit(self._load_batch, batches[b + 1], sample_rate) if b + 1 < len(batches) else None
+                for item, result in zip(batch, self._run_batch(loaded, hotwords)):
+                    results[item.index] = result
+        for item in items:
+            if item.index not in results and item.error is None:     # long: windows, streamed
+                results[item.index] = self._run_long(item, sample_rate, hotwords)
+            if item.error is not None:
+                results[item.index] = TranscriptionResult(item.path, error=item.error)
+            if on_result is not None:
+                on_result(results[item.index])
+            yield results.pop(item.index)
+
+    def _measure(self, item: _Item, sample_rate: Optional[int]) -> None:
+        """Length at the model's rate, from the header (files) or the array; errors recorded."""
+        try:
+            if isinstance(item.source, np.ndarray):
+                item.audio = validate_array(item.source, "array")
+                rate = sample_rate or self.sample_rate
+                if rate != self.sample_rate:
+                    item.audio = resample(item.audio, rate, self.sample_rate)
+                item.samples = len(item.audio)
+            else:
+                info = probe(item.source)
+                if info.frames == 0:
+                    raise AudioError(f"{item.source}: contains no samples")
+                item.samples = int(round(info.frames * self.sample_rate / info.sample_rate))
+        except AudioError as e:
+            item.error = str(e)
+
+    def _load_batch(self, batch: list[_Item], sample_rate) -> list[_Item]:
+        for item in batch:
+            if item.audio is None:
+                try:
+                    item.audio = load_audio(item.source, self.sample_rate)
+                except AudioError as e:
+                    item.error = str(e)
+        return batch
+
+    def _run_batch(self, batch: list[_Item], hotwords) -> list[TranscriptionResult]:
+        good = [it for it in batch if it.error is None and len(it.audio) >= self.engine.receptive_field]
+        try:
+            log_probs = dict(zip((it.index for it in good), self.engine.infer([it.audio for it in good])))
+        except Exception as e:      # the whole run failed: every row of it gets the reason
+            log_probs = {}
+            for it in good:
+                it.error = f"{it.path or 'array'}: inference failed ({e})"
+        out = []
+        for it in batch:
+            if it.error is not None:
+                out.append(TranscriptionResult(it.path, error=it.error))
+                continue
+            duration = len(it.audio) / self.sample_rate
+            it.audio = None          # done with the samples
+            lp = log_probs.get(it.index)
+            transcript = self.decoder.decode(lp, hotwords=hotwords) if lp is not None else Transcript("")
+            out.append(TranscriptionResult(it.path, transcript.text, transcript.words, duration))
+        return out
+
+    def _run_long(self, item: _Item, sample_rate, hotwords) -> TranscriptionResult:
+        samples = 0
+
+        def blocks() -> Iterator[np.ndarray]:
+            nonlocal samples
+            if item.audio is not None:
+                step = int(_STREAM_BLOCK_S * self.sample_rate)
+                source: Iterable[np.ndarray] = (item.audio[k:k + step] for k in range(0, len(item.audio), step))
+            else:
+                source = stream_audio(item.source, self.sample_rate, block_frames=1 << 18)
+            for block in source:
+                samples += len(block)
+                yield block
+
+        try:
+            transcript = self.decode_stream(self.engine.stream_log_probs(blocks()), hotwords=hotwords)
+        except AudioError as e:
+            return TranscriptionResult(item.path, error=str(e))
+        finally:
+            item.audio = None
+        return TranscriptionResult(item.path, transcript.text, transcript.words, samples / self.sample_rate)
+
+    def decode_stream(self, chunks: Iterable[tuple[int, np.ndarray]], *,
+                      hotwords: Optional[Sequence[str]] = None) -> Transcript:
+        """Decode stitched log-prob chunks of one long recording in segments cut at word boundaries."""
+        min_frames = int(SEGMENT_MIN_S / self.engine.frame_seconds)
+        max_frames = int(SEGMENT_MAX_S / self.engine.frame_seconds)
+        parts: list[Transcript] = []
+        pending: list[np.ndarray] = []
+        held = 0
+        offset = 0                 # recording frame of the held frames' first row
+        for _, chunk in chunks:
+            pending.append(chunk)
+            held += len(chunk)
+            while held >= max_frames:
+                frames = np.concatenate(pending)
+                cut = safe_cut_frame(frames, self.vocab, min_frames, max_frames) or max_frames
+                parts.append(self.decoder.decode(frames[:cut], frame_offset=offset, hotwords=hotwords))
+                pending, held, offset = [frames[cut:]], len(frames) - cut, offset + cut
+        if held:
+            parts.append(self.decoder.decode(np.concatenate(pending), frame_offset=offset, hotwords=hotwords))
+        return Transcript.join(parts)
