@@ -1,0 +1,3 @@
+"""Triton Python-backend shim: the model lives in w2v_serve.triton_models."""
+
+from w2v_serve.triton_models import StreamingModel as TritonPythonModel  # noqa: F401

@@ -1,0 +1,345 @@
+"""Streaming recognition: one algorithm, used in-process and by the Triton streaming model.
+
+wav2vec 2.0 attends over the whole utterance, so a stream is recognized in windows::
+
+    |<-- left context -->|<-- chunk -->|<-- right context (look-ahead) -->|
+                          ^ logits kept   ^ seen, not yet emitted
+
+aligned to the 320-sample hop (one frame = 20 ms). The Transformer (``transformer.onnx``) is
+recomputed over each window; only the chunk's frames are emitted. The conv encoder
+(``encoder.onnx``) is exact when streamed with its 400-sample receptive field, so when the
+model's encoder has no utterance-level statistics (LayerNorm conv blocks, no waveform
+normalization) its features are computed once per frame and cached; otherwise (GroupNorm in the
+first block, or per-utterance input normalization) the encoder is rerun over each window's
+audio, which normalizes over the window instead of the utterance. Either way the work per chunk
+is bounded by the window, not by the stream's length.
+
+Decoding keeps its state per *segment*: the log-probabilities since the last end point. Every
+chunk yields a partial (the segment decoded so far); a run of pause frames (blank or word
+delimiter, ``endpoint_ms``) after speech, a segment reaching ``max_segment_s``, or the end of the stream
+yield a final, and the next segment starts. Word times are relative to the stream's start.
+
+Algorithmic latency = chunk + right context (a frame is emitted once its look-ahead arrived).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript
+from w2v_serve.model_dir import ENCODER_GRAPH, TRANSFORMER_GRAPH, ModelDirectory
+
+FRAME_MS = 20
+
+
+class StreamError(ValueError):
+    """A stream used wrongly: audio after the end, bad samples, unknown stream."""
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """Window geometry (milliseconds, rounded to whole 20 ms frames) and end pointing."""
+
+    chunk_ms: int = 640
+    left_context_ms: int = 8000
+    right_context_ms: int = 320
+    endpoint_ms: int = 600          # blank run after speech that ends a segment
+    max_segment_s: float = 30.0     # a segment that long is finalized anyway
+
+    def __post_init__(self) -> None:
+        if self.chunk_ms < FRAME_MS:
+            raise StreamError(f"chunk_ms must be at least {FRAME_MS}")
+        if min(self.left_context_ms, self.right_context_ms) < 0:
+            raise StreamError("context lengths must be non-negative")
+        if self.endpoint_ms < FRAME_MS or self.max_segment_s <= 0:
+            raise StreamError("endpoint_ms and max_segment_s must be positive")
+
+    @property
+    def chunk_frames(self) -> int:
+        return max(1, self.chunk_ms // FRAME_MS)
+
+    @property
+    def left_frames(self) -> int:
+        return self.left_context_ms // FRAME_MS
+
+    @property
+    def right_frames(self) -> int:
+        return self.right_context_ms // FRAME_MS
+
+    @property
+    def endpoint_frames(self) -> int:
+        return max(1, self.endpoint_ms // FRAME_MS)
+
+    @property
+    def max_segment_frames(self) -> int:
+        return max(self.chunk_frames, int(self.max_segment_s * 1000) // FRAME_MS)
+
+    @property
+    def latency_ms(self) -> int:
+        return (self.chunk_frames + self.right_frames) * FRAME_MS
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    is_final: bool
+    transcript: Transcript
+    start_s: float                  # segment start on the stream's time line
+    end_s: float                    # audio processed so far (partial) or segment end (final)
+    stability: float                # 1.0 for finals; share of the partial that is settled
+
+    @property
+    def text(self) -> str:
+        return self.transcript.text
+
+    def to_dict(self) -> dict:
+        return {"is_final": self.is_final, "text": self.text, "start_s": round(self.start_s, 3),
+                "end_s": round(self.end_s, 3), "stability": round(self.stability, 3),
+                "words": [w.to_dict() for w in self.transcript.words]}
+
+
+@dataclass
+class _StreamState:
+    """Everything one stream remembers. Sizes are bounded by the window and the segment."""
+
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    audio_start: int = 0            # absolute sample index of audio[0]
+    samples: int = 0                # samples received
+    features: Optional[np.ndarray] = None   # cached conv features [n, C] (exact mode)
+    features_start: int = 0         # absolute frame index of features[0]
+    frames_emitted: int = 0         # logits frames emitted so far
+    segment: list = field(default_factory=list)   # log-prob rows of the open segment
+    segment_start: int = 0          # absolute frame index of the open segment
+    speech_seen: bool = False       # a non-blank frame in the open segment
+    blank_run: int = 0              # trailing blank frames in the open segment
+    ended: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class StreamingRecognizer:
+    """Runs many streams over one model directory (thread-safe; ONNX sessions are shared)."""
+
+    def __init__(self, model: ModelDirectory | str, config: StreamingConfig = StreamingConfig(),
+                 decoder_options: DecoderOptions = DecoderOptions(),
+                 session_factory: Optional[Callable[[str], object]] = None) -> None:
+        self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+        self.config = config
+        card = self.model.card
+        if card.frame_stride != FRAME_MS * card.sample_rate // 1000:
+            raise StreamError(f"model frame stride {card.frame_stride} is not {FRAME_MS} ms")
+        self.sample_rate = card.sample_rate
+        self.stride = card.frame_stride
+        self.receptive_field = card.receptive_field
+        mc = card.model_config
+        # Exact, cached conv features need an encoder without utterance-level statistics.
+        self.cache_features = mc.get("extractor_mode") == "layer_norm" and not mc.get("normalize_waveform", False)
+        make = session_factory or _default_session
+        self._encoder = make(str(self.model.graph_path(ENCODER_GRAPH)))
+        self._transformer = make(str(self.model.graph_path(TRANSFORMER_GRAPH)))
+        self.decoder = CTCDecoder(self.model.vocab, decoder_options, frame_seconds=card.frame_seconds)
+        # Frames that are not speech for end pointing: blank, and the word delimiter (some models
+        # emit it through pauses).
+        vocab = self.model.vocab
+        self._pause_ids = {vocab.blank_id} | ({vocab.word_delimiter_id} if vocab.word_delimiter_id is not None else set())
+        self._streams: dict[object, _StreamState] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ stream lifecycle
+    def start(self, stream_id: object) -> None:
+        with self._lock:
+            self._streams[stream_id] = _StreamState()
+
+    def has_stream(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def close(self, stream_id: object) -> None:
+        with self._lock:
+            self._streams.pop(stream_id, None)
+
+    def expire_idle(self, idle_s: float) -> list:
+        """Drop streams unused for ``idle_s`` seconds; returns their ids."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [k for k, s in self._streams.items() if now - s.last_used > idle_s]
+            for k in stale:
+                del self._streams[k]
+        return stale
+
+    def _state(self, stream_id: object) -> _StreamState:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamError(f"unknown stream {stream_id!r} (never started, ended, or expired)") from None
+
+    # ------------------------------------------------------------------ processing
+    def accept(self, stream_id: object, audio: np.ndarray, *, end: bool = False,
+               hotwords: Optional[Sequence[str]] = None, partials: bool = True) -> list[StreamResult]:
+        """Add 16 kHz float32 samples to a stream; returns its new results (partials, finals)."""
+        return self.accept_many([(stream_id, audio, end)], hotwords=hotwords, partials=partials)[0]
+
+    def accept_many(self, items: Iterable[tuple[object, np.ndarray, bool]], *,
+                    hotwords: Optional[Sequence[str]] = None, partials: bool = True) -> list[list[StreamResult]]:
+        """Several streams at once: their windows share one batched Transformer run."""
+        items = [(k, np.asarray(a, dtype=np.float32).reshape(-1), end) for k, a, end in items]
+        # Check everything before changing anything: a bad item leaves every stream as it was.
+        for stream_id, audio, _ in items:
+            if self._state(stream_id).ended:
+                raise StreamError(f"stream {stream_id!r} already ended")
+            if audio.size and not np.isfinite(audio).all():
+                raise StreamError(f"stream {stream_id!r}: audio contains non-finite samples")
+        states = []
+        for stream_id, audio, end in items:
+            state = self._state(stream_id)
+            state.audio = np.concatenate([state.audio, audio])
+            state.samples += audio.size
+            state.ended = end
+            state.last_used = time.monotonic()
+            states.append(state)
+        results: list[list[StreamResult]] = [[] for _ in items]
+        # Emit chunk after chunk until every stream waits for more audio.
+        while True:
+            jobs = [(i, s) for i, s in enumerate(states) if self._next_chunk(s) is not None]
+            if not jobs:
+                break
+            emitted = self._run_windows([s for _, s in jobs])
+            for (i, s), log_probs in zip(jobs, emitted):
+                results[i].extend(self._decode_chunk(s, log_probs, hotwords, partials))
+        for i, s in enumerate(states):
+            if s.ended:
+                results[i].extend(self._finalize(s, hotwords, final_of_stream=True))
+            elif partials and results[i] and not results[i][-1].is_final:
+                results[i] = [r for r in results[i] if r.is_final] + [results[i][-1]]
+        for (stream_id, _, end), s in zip(items, states):
+            if end:
+                self.close(stream_id)
+        return results
+
+    def _available_frames(self, s: _StreamState) -> int:
+        if s.samples < self.receptive_field:
+            return 0
+        return (s.samples - self.receptive_field) // self.stride + 1
+
+    def _next_chunk(self, s: _StreamState) -> Optional[tuple[int, int]]:
+        """(first, count) of the next chunk to emit, once its look-ahead has arrived."""
+        cfg = self.config
+        available = self._available_frames(s)
+        pending = available - s.frames_emitted
+        if pending <= 0:
+            return None
+        if pending >= cfg.chunk_frames + cfg.right_frames:
+            return s.frames_emitted, cfg.chunk_frames
+        if s.ended:
+            return s.frames_emitted, min(cfg.chunk_frames, pending)
+        return None
+
+    def _window_features(self, s: _StreamState, first: int, last: int) -> np.ndarray:
+        """Conv features of frames [first, last) (absolute indices)."""
+        stride, rf = self.stride, self.receptive_field
+        if not self.cache_features:
+            a, b = first * stride - s.audio_start, (last - 1) * stride + rf - s.audio_start
+            feats, lengths = self._encoder.run(None, {"audio": s.audio[None, a:b], "lengths": np.array([b - a], np.int64)})
+            return feats[0, : int(lengths[0])]
+        have = s.features_start + (0 if s.features is None else len(s.features))
+        if last > have:  # compute the new frames from their receptive fields only
+            a, b = have * stride - s.audio_start, (last - 1) * stride + rf - s.audio_start
+            feats, lengths = self._encoder.run(None, {"audio": s.audio[None, a:b], "lengths": np.array([b - a], np.int64)})
+            new = feats[0, : int(lengths[0])]
+            s.features = new if s.features is None else np.concatenate([s.features, new])
+        return s.features[first - s.features_start: last - s.features_start]
+
+    def _run_windows(self, states: list[_StreamState]) -> list[np.ndarray]:
+        """One batched Transformer run over every ready stream's window; returns each chunk's
+        log-probabilities and advances the streams."""
+        cfg = self.config
+        windows, spans = [], []
+        for s in states:
+            first, count = self._next_chunk(s)  # type: ignore[misc]
+            lo = max(0, first - cfg.left_frames)
+            hi = min(self._available_frames(s), first + count + cfg.right_frames)
+            windows.append(self._window_features(s, lo, hi))
+            spans.append((first - lo, count))
+        width = max(len(w) for w in windows)
+        batch = np.zeros((len(windows), width, windows[0].shape[1]), np.float32)
+        for i, w in enumerate(windows):
+            batch[i, : len(w)] = w
+        lengths = np.array([len(w) for w in windows], np.int64)
+        logits, _ = self._transformer.run(None, {"features": batch, "feature_lengths": lengths})
+        out = []
+        for s, (offset, count), row in zip(states, spans, logits):
+            out.append(row[offset: offset + count])
+            s.frames_emitted += count
+            self._trim(s)
+        return out
+
+    def _trim(self, s: _StreamState) -> None:
+        """Forget audio and features that no future window needs."""
+        keep_from = max(0, s.frames_emitted - self.config.left_frames)
+        if self.cache_features and s.features is not None:
+            computed = s.features_start + len(s.features)
+            drop = keep_from - s.features_start
+            if drop > 0:
+                s.features = s.features[drop:]
+                s.features_start = keep_from
+            keep_sample = computed * self.stride  # next frame to compute starts here
+        else:
+            keep_sample = keep_from * self.stride
+        drop = keep_sample - s.audio_start
+        if drop > 0:
+            s.audio = s.audio[drop:]
+            s.audio_start = keep_sample
+
+    # ------------------------------------------------------------------ decoding
+    def _decode_chunk(self, s: _StreamState, log_probs: np.ndarray, hotwords, partials: bool) -> list[StreamResult]:
+        results = []
+        best = log_probs.argmax(axis=1)
+        for t, row in enumerate(log_probs):
+            s.segment.append(row)
+            if best[t] in self._pause_ids:
+                s.blank_run += 1
+            else:
+                s.speech_seen, s.blank_run = True, 0
+            seg_len = len(s.segment)
+            if (s.speech_seen and s.blank_run >= self.config.endpoint_frames) or seg_len >= self.config.max_segment_frames:
+                results.extend(self._finalize(s, hotwords, final_of_stream=False))
+        if partials and s.segment and s.speech_seen:
+            tr = self._decode_segment(s, hotwords)
+            settled = max(0, len(s.segment) - self.config.chunk_frames)
+            results.append(StreamResult(False, tr, s.segment_start * self._frame_s,
+                                        s.frames_emitted * self._frame_s, settled / max(1, len(s.segment))))
+        return results
+
+    @property
+    def _frame_s(self) -> float:
+        return self.model.card.frame_seconds
+
+    def _decode_segment(self, s: _StreamState, hotwords) -> Transcript:
+        return self.decoder.decode(np.stack(s.segment), frame_offset=s.segment_start, hotwords=hotwords)
+
+    def _finalize(self, s: _StreamState, hotwords, final_of_stream: bool) -> list[StreamResult]:
+        out = []
+        if s.segment and s.speech_seen:
+            tr = self._decode_segment(s, hotwords)
+            end = s.segment_start + len(s.segment)
+            out.append(StreamResult(True, tr, s.segment_start * self._frame_s, end * self._frame_s, 1.0))
+        s.segment_start += len(s.segment)
+        s.segment, s.speech_seen, s.blank_run = [], False, 0
+        if final_of_stream and not out:  # the end of a stream always gets a final, maybe empty
+            out.append(StreamResult(True, Transcript(""), s.segment_start * self._frame_s,
+                                    s.segment_start * self._frame_s, 1.0))
+        return out
+
+
+def _default_session(path: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
