@@ -1,0 +1,215 @@
+"""End to end: the Transcriber API and `w2v transcribe` on real files through ONNX Runtime.
+
+The test models are random (no trained model exists yet), so transcripts are compared with
+an independent decode of the same model's logits written here (onnxruntime -> argmax -> collapse
+-> drop blanks), not with the spoken words.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+
+from tests.serve_helpers import espeak, reference_greedy, tiny_model_dir
+from w2v_serve.audio import load_audio
+from w2v_serve.cli import main as w2v
+from w2v_serve.decoding import BEAM, DecoderOptions
+from w2v_serve.engine import EngineOptions
+from w2v_serve.transcribe import Transcriber
+
+SENTENCES = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
+             "a stitch in time saves nine", "how much wood would a woodchuck chuck",
+             "peter piper picked a peck of pickled peppers", "all that glitters is not gold"]
+VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029", "en-us+m3"]
+
+
+@pytest.fixture(scope="module")
+def speech_files(tmp_path_factory):
+    """espeak-ng sentences as 16 kHz WAV, 44.1 kHz stereo FLAC and 8 kHz OGG."""
+    d = tmp_path_factory.mktemp("speech")
+    files = []
+    for i, (text, voice) in enumerate(zip(SENTENCES, VOICES)):
+        raw = espeak(text, d / f"raw{i}.wav", voice=voice)
+        audio, sr = sf.read(raw, dtype="float32")
+        kind = i % 3
+        if kind == 0:
+            path = d / f"s{i}.wav"
+            sf.write(path, load_audio(raw), 16000, subtype="PCM_16")
+        elif kind == 1:
+            path = d / f"s{i}.flac"
+            sf.write(path, np.stack([audio, 0.5 * audio], 1), sr, format="FLAC")   # 22.05 kHz stereo
+        else:
+            path = d / f"s{i}.ogg"
+            sf.write(path, load_audio(raw, 8000), 8000, format="OGG", subtype="VORBIS")
+        files.append(path)
+        raw.unlink()
+    return files
+
+
+def reference_transcript(model_dir, path) -> str:
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    audio = load_audio(path)[None]
+    logits, n = session.run(None, {"audio": audio, "lengths": np.array([audio.shape[1]], np.int64)})
+    return reference_greedy(logits[0, : int(n[0])])
+
+
+def test_transcripts_equal_an_independent_decode(speech_files):
+    model = tiny_model_dir("attention")
+    results = Transcriber(model, engine_options=EngineOptions(batch_size=4)).transcribe_batch(speech_files)
+    assert [r.path for r in results] == [str(p) for p in speech_files]
+    for r, path in zip(results, speech_files):
+        assert r.ok, r.error
+        assert r.text == reference_transcript(model, path)
+        assert r.text and [w.word for w in r.words] == r.text.split()
+        assert abs(r.duration_s - sf.info(path).duration) < 0.01
+        assert all(0 <= w.start_s < w.end_s <= r.duration_s + 0.03 and 0 < w.confidence <= 1 for w in r.words)
+
+
+def test_arrays_and_beam_width_1(speech_files):
+    model = tiny_model_dir("attention")
+    audio = load_audio(speech_files[0])
+    greedy = Transcriber(model)
+    beam1 = Transcriber(model, decoder=DecoderOptions(method=BEAM, beam_width=1))
+    assert greedy.transcribe(audio).text == beam1.transcribe(audio).text == greedy.transcribe(speech_files[0]).text
+    # An int16 array at 8 kHz is converted and resampled.
+    at8k = (load_audio(speech_files[0], 8000) * 32767).astype(np.int16)
+    assert greedy.transcribe(at8k, sample_rate=8000).duration_s == pytest.approx(len(audio) / 16000, abs=1e-3)
+
+
+def make_bad_files(d):
+    (d / "empty.wav").write_bytes(b"")
+    good = sf.SoundFile  # noqa: F841  (soundfile writes the truncated one from a valid file)
+    sf.write(d / "full.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    (d / "truncated.wav").write_bytes((d / "full.wav").read_bytes()[:8000])
+    (d / "full.wav").unlink()
+    (d / "notes.wav").write_text("meeting notes, renamed by mistake\n" * 50)
+    return {"empty.wav": "empty file", "truncated.wav": "truncated", "notes.wav": "not a readable audio file",
+            "missing.wav": "no such file"}
+
+
+def test_bad_inputs_are_reported_and_the_rest_transcribed(speech_files, tmp_path, capsys):
+    model = tiny_model_dir("attention")
+    reasons = make_bad_files(tmp_path)
+    inputs = [str(speech_files[0]), str(tmp_path / "empty.wav"), str(speech_files[1]),
+              str(tmp_path / "truncated.wav"), str(tmp_path / "notes.wav"), str(tmp_path / "missing.wav"),
+              str(speech_files[2])]
+    code = w2v(["transcribe", *inputs, "--model", str(model), "--format", "jsonl", "--batch-size", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in records] == inputs
+    for r in records:
+        name = r["path"].rsplit("/", 1)[-1]
+        if name in reasons:
+            assert set(r) == {"path", "error"} and reasons[name] in r["error"] and r["path"] in r["error"]
+            assert r["path"] in err
+        else:
+            assert r["text"] == reference_transcript(model, r["path"])
+            assert set(r["words"][0]) == {"word", "start_s", "end_s", "confidence"}
+            assert r["duration_s"] > 1
+    assert "4 of 7 file(s) failed" in err
+
+
+def test_output_formats_directories_and_globs(speech_files, tmp_path, capsys):
+    model = str(tiny_model_dir("attention"))
+    folder = speech_files[0].parent
+    assert w2v(["transcribe", str(folder), "--model", model, "--format", "srt", "--output-dir", str(tmp_path / "o")]) == 0
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == sorted(p.stem + ".srt" for p in speech_files)
+    srt = (tmp_path / "o" / (speech_files[0].stem + ".srt")).read_text()
+    assert srt.startswith("1\n00:00:0") and " --> " in srt
+    capsys.readouterr()
+    assert w2v(["transcribe", str(speech_files[0]), "--model", model, "--format", "vtt"]) == 0
+    vtt = capsys.readouterr().out
+    assert vtt.startswith("WEBVTT\n\n00:00:") and "." in vtt.splitlines()[2]
+    # A glob pattern: matches in sorted order, text lines prefixed with the path.
+    assert w2v(["transcribe", str(folder / "s*.wav"), "--model", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    wavs = sorted(str(p) for p in speech_files if p.suffix == ".wav")
+    assert [line.split(": ", 1)[0] for line in lines] == wavs if len(wavs) > 1 else len(lines) == 1
+
+
+def test_without_a_model_or_with_triton_the_message_is_clear(speech_files, capsys, monkeypatch):
+    import w2v_serve.model_dir as md
+
+    monkeypatch.setattr(md, "default_model_dir", lambda: None)
+    assert w2v(["transcribe", str(speech_files[0])]) == 2
+    assert "no bundled default model" in capsys.readouterr().err
+    assert w2v(["transcribe", str(speech_files[0]), "--triton", "localhost:8001"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- long recordings
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory):
+    """Utterances (each with 0.4 s of silence either side, a whole number of frames long) joined
+    into a 10-minute file and a 2.5-minute one, plus the unit files themselves."""
+    d = tmp_path_factory.mktemp("long")
+    units = []
+    for i, (text, voice) in enumerate(zip(SENTENCES * 2, VOICES + VOICES[::-1])):
+        speech = load_audio(espeak(text, d / f"raw{i}.wav", voice=voice, speed=140 + 10 * (i % 4)))
+        pad = np.zeros(int(0.4 * 16000), np.float32)
+        unit = np.concatenate([pad, speech, pad])
+        unit = np.concatenate([unit, np.zeros(-len(unit) % 320, np.float32)])
+        unit = np.round(unit * 32767) / 32767     # what PCM_16 stores, so unit and joined files agree
+        path = d / f"unit{i}.wav"
+        sf.write(path, unit, 16000, subtype="PCM_16")
+        units.append((path, len(unit)))
+    files = {}
+    for minutes in (2.5, 10):
+        order, total = [], 0
+        while total < minutes * 60 * 16000:
+            k = len(order) % len(units)
+            order.append(k)
+            total += units[k][1]
+        with sf.SoundFile(d / f"joined_{minutes}.wav", "w", 16000, 1, subtype="PCM_16") as f:
+            for k in order:
+                f.write(sf.read(units[k][0], dtype="float32")[0])
+        files[minutes] = (d / f"joined_{minutes}.wav", order)
+    return units, files
+
+
+def test_ten_minute_file_transcribes_to_the_joined_utterance_transcripts(long_recording):
+    units, files = long_recording
+    path, order = files[10]
+    transcriber = Transcriber(tiny_model_dir("local"), engine_options=EngineOptions(batch_size=4))
+    alone = transcriber.transcribe_batch([p for p, _ in units])
+    result = transcriber.transcribe(path)
+    assert result.ok and result.duration_s >= 600
+    expected_words, offset = [], 0.0
+    for k in order:
+        expected_words += [(w.word, w.start_s + offset, w.end_s + offset) for w in alone[k].words]
+        offset += units[k][1] / 16000
+    assert result.text == " ".join(alone[k].text for k in order if alone[k].text)
+    assert [w.word for w in result.words] == [w for w, _, _ in expected_words]
+    got = np.array([(w.start_s, w.end_s) for w in result.words])
+    assert np.abs(got - np.array([(a, b) for _, a, b in expected_words])).max() < 1e-6
+
+
+MEASURE = """
+import resource, sys
+from w2v_serve.engine import EngineOptions
+from w2v_serve.transcribe import Transcriber
+t = Transcriber(sys.argv[1], engine_options=EngineOptions(batch_size=4))
+r = t.transcribe(sys.argv[2])
+assert r.ok, r.error
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, round(r.duration_s))
+"""
+
+
+def test_peak_memory_does_not_grow_with_duration(long_recording):
+    _, files = long_recording
+    peaks = {}
+    for minutes, (path, _) in files.items():
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(tiny_model_dir("local")), str(path)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        peaks[minutes] = int(out[0])
+    print(f"peak RSS: 2.5 min -> {peaks[2.5]} MiB, 10 min -> {peaks[10]} MiB")
+    # 7.5 more minutes of 16 kHz float32 samples alone would be 27 MiB (and their logits more).
+    assert peaks[10] - peaks[2.5] < 10, peaks
