@@ -33,8 +33,8 @@ GRAPHS = (FULL_GRAPH, ENCODER_GRAPH, TRANSFORMER_GRAPH)
 MIN_OPSET = 17
 # An fp32 graph further than this from PyTorch (relative to the largest log-probability) is a bug.
 FP32_MAX_REL_ERROR = 1e-4
-# int8 quantizes the convolutions too unless that costs more than this much argmax agreement
-# over quantizing the matrix products alone.
+# int8 quantizes the conv encoder too unless that costs more than this much argmax agreement
+# over quantizing the transformer's matrix products alone.
 INT8_CONV_AGREEMENT_COST = 0.01
 
 
@@ -110,7 +110,7 @@ def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, A
         for g in GRAPHS:
             variants.write_fp16(work / files[g], work / card.variants["fp16"][g])
     if int8:
-        card.variants["int8"] = _write_int8(model, work, files, card, check)
+        card.variants["int8"] = _write_int8(model, work, files, card, check, opset)
     ckpt.vocab.save(work / VOCAB_NAME)  # type: ignore[union-attr]
     if check:
         _check_all(model, work, card)
@@ -118,27 +118,37 @@ def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, A
 
 
 def _write_int8(model: Wav2Vec2Model, work: Path, fp32_files: dict[str, str], card: ModelCard,
-                check: bool) -> dict[str, str]:
-    """int8 graphs; the convolutions are quantized too where that keeps the accuracy of
-    quantizing the matrix products alone (decided on the full graph, applied to all three)."""
+                check: bool, opset: int) -> dict[str, str]:
+    """int8 graphs: the weight MatMuls dynamically quantized. The conv encoder is quantized too
+    (exported with its convolutions as MatMuls, see graphs.ConvAsMatMul) unless that costs
+    more than ``INT8_CONV_AGREEMENT_COST`` argmax agreement against leaving it in float."""
     from export import variants
 
     names = {g: graph_file(g, "int8") for g in GRAPHS}
-    with_conv = ("MatMul", "Conv")
-    chosen: tuple[str, ...] = with_conv
+    conv_model = inference_copy(model, conv_as_matmul=True)
+    sources = {  # where each int8 graph comes from: (float graph file, model it was exported from)
+        "float_conv": {g: work / fp32_files[g] for g in GRAPHS},
+        "int8_conv": {g: work / f"{g}.convmm.onnx" for g in GRAPHS},
+    }
+    for g in (FULL_GRAPH, ENCODER_GRAPH):
+        export_graph(conv_model, g, sources["int8_conv"][g], opset)
+    sources["int8_conv"][TRANSFORMER_GRAPH] = work / fp32_files[TRANSFORMER_GRAPH]
+    chosen = "int8_conv"
     if check:
         seed = secrets.randbits(31)
         agreement = {}
-        for op_types in (("MatMul",), with_conv):
-            trial = variants.write_int8(work / fp32_files[FULL_GRAPH], work / "trial.int8.onnx", op_types)
-            agreement[op_types] = _parity(trial, model, seed)["argmax_agreement"]
+        for option in sources:
+            trial = variants.write_int8(sources[option][FULL_GRAPH], work / "trial.int8.onnx", ["MatMul"])
+            agreement[option] = _parity(trial, model, seed)["argmax_agreement"]
         trial.unlink()
-        if agreement[with_conv] < agreement[("MatMul",)] - INT8_CONV_AGREEMENT_COST:
-            chosen = ("MatMul",)
-        card.extra["int8_choice"] = {"+".join(k): v for k, v in agreement.items()}
+        if agreement["int8_conv"] < agreement["float_conv"] - INT8_CONV_AGREEMENT_COST:
+            chosen = "float_conv"
+        card.extra["int8_conv_encoder_trial"] = {"argmax_agreement": agreement, "seed": seed}
     for g in GRAPHS:
-        variants.write_int8(work / fp32_files[g], work / names[g], chosen)
-    card.extra["int8_quantized_ops"] = list(chosen)
+        variants.write_int8(sources[chosen][g], work / names[g], ["MatMul"])
+    for g in (FULL_GRAPH, ENCODER_GRAPH):
+        sources["int8_conv"][g].unlink()
+    card.extra["int8_conv_encoder"] = "int8" if chosen == "int8_conv" else "float (int8 cost accuracy)"
     return names
 
 
@@ -250,10 +260,8 @@ def _print_summary(out: Path) -> None:
 
 
 def _write_repository(model_dir: Path, repository: Path) -> None:
-    """``--repository DIR``: the Triton model repository writer (export/triton_repo.py)."""
-    try:
-        from export.triton_repo import write_repository  # type: ignore[import-not-found]
-    except ModuleNotFoundError as e:
-        raise ExportError("this build has no Triton repository writer (export/triton_repo.py)") from e
+    """``--repository DIR``: also write a Triton model repository around the model directory."""
+    from export.triton_repo import write_repository
+
     write_repository(model_dir, repository)
     print(f"wrote Triton model repository {repository}")

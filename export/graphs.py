@@ -32,13 +32,49 @@ def fold_weight_norm(conv: WeightNormConv1d) -> nn.Conv1d:
     return plain
 
 
-def inference_copy(model: Wav2Vec2Model) -> Wav2Vec2Model:
-    """An eval-mode, float32 copy of ``model`` with every weight norm folded (the original is untouched)."""
+class ConvAsMatMul(nn.Module):
+    """A Conv1d (no padding, no groups) written as strided slices + one MatMul.
+
+    Same numbers as the convolution; the point is the op: ONNX Runtime's dynamic int8
+    quantization turns a MatMul with a weight operand into its fast integer kernel, while its
+    ConvInteger kernel is several times slower than the float convolution. The kernel taps are
+    k strided slices of the input stacked on the channel axis: patches[b, j*C + c, t] =
+    x[b, c, t*stride + j], multiplied by the weight laid out as [k*C, C_out].
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding not in (0, (0,)) or conv.dilation not in (1, (1,)):
+            raise ValueError("ConvAsMatMul handles plain convolutions without padding, groups or dilation")
+        self.kernel_size = conv.kernel_size[0]
+        self.stride = conv.stride[0]
+        c_out, c_in, k = conv.weight.shape
+        self.weight = nn.Parameter(conv.weight.detach().permute(2, 1, 0).reshape(k * c_in, c_out).clone())
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, C, L] -> [B, C_out, T] with T = (L - k) // stride + 1."""
+        frames = torch.div(x.shape[2] - self.kernel_size, self.stride, rounding_mode="floor") + 1
+        span = (frames - 1) * self.stride + 1
+        taps = [x[:, :, j : j + span : self.stride] for j in range(self.kernel_size)]
+        y = torch.matmul(torch.cat(taps, dim=1).transpose(1, 2), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.transpose(1, 2)
+
+
+def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Vec2Model:
+    """An eval-mode, float32 copy of ``model`` with every weight norm folded (the original is
+    untouched). ``conv_as_matmul``: the conv encoder's convolutions after the first (whose
+    single input channel makes a MatMul pointless) become ``ConvAsMatMul`` — for the int8 variant."""
     model = copy.deepcopy(model).float().eval()
     for module in model.modules():
         for name, child in module.named_children():
             if isinstance(child, WeightNormConv1d):
                 setattr(module, name, fold_weight_norm(child))
+    if conv_as_matmul:
+        for block in list(model.feature_extractor.conv_layers)[1:]:
+            block.conv = ConvAsMatMul(block.conv)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
