@@ -139,7 +139,7 @@ def test_acoustic_model_batches_ragged_requests(server):
         a.set_data_from_numpy(audio[None])
         n = grpcclient.InferInput("lengths", [1, 1], "INT64")
         n.set_data_from_numpy(np.array([[len(audio)]], np.int64))
-        client.async_infer("acoustic", [a, n], callback=lambda r, e, i=i: done.append((i, r, e)))
+        client.async_infer("acoustic", [a, n], callback=lambda result, error, i=i: done.append((i, result, error)))
     deadline = time.time() + 30
     while len(done) < len(AUDIO) and time.time() < deadline:
         time.sleep(0.05)
