@@ -10,7 +10,8 @@ telephone band-limiting.
 Splits: sentences are split first (train / dev / test never share a sentence), and a share of
 the (accent, variant) voice settings is held out: dev and test use only held-out settings, train
 never does. Everything is a function of ``--seed`` and the utterance index, so the same command
-gives the same corpus (espeak-ng's version aside).
+gives the same corpus (espeak-ng's version aside), and an interrupted run resumes: files already
+written (each appears only once complete) are kept.
 """
 
 from __future__ import annotations
@@ -182,8 +183,12 @@ def render(job: tuple[int, Rendering, str, int]) -> tuple[int, int, Optional[str
     """Worker: synthesize one utterance to 16-bit 16 kHz WAV; (index, samples, error)."""
     index, r, path, seed = job
     try:
+        if os.path.exists(path):  # resuming: files appear only complete (written, then renamed)
+            return index, sf.info(path).frames, None
         audio = augment(speak(r.text, r.voice, r.speed, r.pitch), r, seed)
-        sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
+        part = path + ".part"
+        sf.write(part, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(part, path)
         return index, len(audio), None
     except Exception as e:  # reported, skipped: one bad utterance must not stop the corpus
         return index, 0, f"{type(e).__name__}: {e}"
@@ -193,7 +198,7 @@ def render(job: tuple[int, Rendering, str, int]) -> tuple[int, int, Optional[str
 def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: int, seed: int = 0,
                       held_out_voices: float = 0.15, augment_share: float = 0.5, workers: int = 0,
                       text_sources: Sequence[Path] = (), progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     sentences = collect_sentences(text_sources)
     need = num_train + num_dev + num_test
     rng = random.Random(seed)
