@@ -149,3 +149,26 @@ def test_acoustic_model_batches_ragged_requests(server):
         logits = result.as_numpy("logits")[0]
         frames = int(result.as_numpy("logit_lengths").reshape(-1)[0])
         np.testing.assert_allclose(logits[:frames], engine.log_probs(AUDIO[i]), atol=1e-4)
+
+
+def test_cli_transcribe_through_triton_matches_embedded(server, tmp_path, capsys):
+    import soundfile as sf
+
+    from w2v_serve.cli import main as w2v
+
+    paths = []
+    for i, audio in enumerate(AUDIO):
+        paths.append(str(tmp_path / f"f{i}.wav"))
+        sf.write(paths[-1], audio, 16000, subtype="FLOAT")
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    paths.insert(1, str(bad))
+    assert w2v(["transcribe", *paths, "--triton", server.grpc_url, "--format", "jsonl"]) == 1
+    remote = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert w2v(["transcribe", *paths, "--model", str(tiny_model_dir("attention")), "--format", "jsonl"]) == 1
+    local = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in remote] == paths
+    assert "error" in remote[1] and "not a readable audio file" in remote[1]["error"]
+    for r, loc in zip(remote, local):
+        assert r.get("text") == loc.get("text")
+        assert [w["word"] for w in r.get("words", [])] == [w["word"] for w in loc.get("words", [])]

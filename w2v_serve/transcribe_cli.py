@@ -189,12 +189,11 @@ def cmd_transcribe(args) -> int:
     from w2v_serve.model_dir import default_model_dir
     from w2v_serve.transcribe import Transcriber
 
-    if args.triton:
-        raise CommandError(f"--triton {args.triton}: transcription through Triton is not available in this "
-                           "build yet (it arrives with the Triton client); use --model DIR")
     paths = expand_inputs(args.inputs)
     if args.format in ("srt", "vtt") and len(paths) > 1 and not args.output_dir:
         raise CommandError(f"--format {args.format} for {len(paths)} files needs --output-dir DIR (one file each)")
+    if args.triton:
+        return _run(_triton_transcriber(args), paths, args)
     model = args.model or default_model_dir()
     if model is None:
         raise CommandError("no bundled default model in this installation yet; pass --model DIR "
@@ -206,7 +205,26 @@ def cmd_transcribe(args) -> int:
     engine = EngineOptions(variant=args.variant, threads=args.threads, batch_size=args.batch_size,
                            window_s=args.window)
     transcriber = Transcriber(model, decoder=decoder, engine_options=engine)
+    return _run(transcriber, paths, args)
 
+
+def _triton_transcriber(args):
+    """The server's ``offline`` model decodes; its LM is configured on the server."""
+    from w2v_serve.cli import CommandError
+    from w2v_serve.triton_client import TritonClientError, TritonTranscriber
+
+    if args.lm:
+        raise CommandError("--lm is not used with --triton: the language model is set on the server "
+                           "(the offline model's 'lm' parameter)")
+    method = args.decoder or ("beam" if args.hotword else None)
+    try:
+        return TritonTranscriber(args.triton, decoder=method, beam_width=args.beam_width if method == "beam" else None,
+                                 hotwords=args.hotword)
+    except TritonClientError as e:
+        raise CommandError(str(e)) from e
+
+
+def _run(transcriber, paths: list[str], args) -> int:
     writer = _Writer(args.format, args.output_dir, len(paths), sys.stdout)
     progress = _Progress(paths, enabled=sys.stderr.isatty() and not os.environ.get("W2V_NO_PROGRESS"))
     failed = 0

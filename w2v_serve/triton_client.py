@@ -104,3 +104,47 @@ class TritonStream:
         self._started = True
         self.active = int(result.as_numpy("ACTIVE").reshape(-1)[0])
         return json.loads(result.as_numpy("RESULTS").reshape(-1)[0])
+
+
+class TritonTranscriber:
+    """``Transcriber``'s file interface over the ``offline`` model: files are read here (the one
+    audio loader), sent concurrently (the server batches them), results come back in input order;
+    a file that fails gets a result with ``error`` and the others go on."""
+
+    def __init__(self, url: str, *, decoder: Optional[str] = None, beam_width: Optional[int] = None,
+                 hotwords: Sequence[str] = (), concurrency: int = 4) -> None:
+        self.client = TritonOfflineClient(url)
+        self.options = dict(decoder=decoder, beam_width=beam_width, hotwords=tuple(hotwords))
+        self.concurrency = max(1, concurrency)
+
+    def _one(self, path) -> "TranscriptionResult":
+        from w2v_serve.audio import SAMPLE_RATE, AudioError, load_audio
+        from w2v_serve.transcribe import TranscriptionResult
+
+        try:
+            audio = load_audio(path, SAMPLE_RATE)
+            d = self.client.transcribe(audio, **self.options)
+        except (AudioError, TritonClientError) as e:
+            return TranscriptionResult(str(path), error=str(e))
+        tr = transcript_from_dict(d)
+        return TranscriptionResult(str(path), tr.text, tr.words, d.get("duration_s", len(audio) / SAMPLE_RATE))
+
+    def transcribe_iter(self, paths: Sequence, *, on_result=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            # A bounded window of in-flight files keeps memory flat over thousands of inputs.
+            pending = []
+            it = iter(paths)
+            for path in it:
+                pending.append(pool.submit(self._one, path))
+                if len(pending) >= 2 * self.concurrency:
+                    break
+            while pending:
+                result = pending.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._one, nxt))
+                if on_result:
+                    on_result(result)
+                yield result
