@@ -294,3 +294,23 @@ def test_vocabulary_that_does_not_match_the_head_is_refused(tmp_path):
 def test_old_opset_is_refused(tmp_path):
     with pytest.raises(ExportError, match="opset"):
         export_model(small_checkpoint(vocab_size=len(SMALL_TOKENS)), tmp_path / "out", opset=13)
+
+
+@pytest.mark.parametrize("kernel,stride,length", [(3, 2, 101), (3, 2, 100), (2, 2, 51), (10, 5, 400)])
+def test_conv_as_matmul_equals_the_convolution(kernel, stride, length):
+    """The int8 variant's MatMul form of the conv encoder computes the same numbers."""
+    from export.graphs import ConvAsMatMul
+
+    torch.manual_seed(kernel + length)
+    conv = torch.nn.Conv1d(8, 16, kernel, stride=stride, bias=True)
+    x = torch.randn(3, 8, length)
+    with torch.no_grad():
+        assert torch.allclose(ConvAsMatMul(conv)(x), conv(x), atol=1e-5)
+
+
+def test_repository_flag_writes_a_triton_repository(exported, tmp_path):
+    _, _, model_dir = exported("layer", True)
+    ckpt = model_dir.parent / "model.ckpt"
+    repo = tmp_path / "repo"
+    assert w2v(["export", str(ckpt), "--out", str(tmp_path / "m"), "--no-check", "--repository", str(repo)]) == 0
+    assert ModelDirectory.load(repo / "acoustic" / "1").card.variants["fp32"]["model"] == "model.onnx"

@@ -1,0 +1,166 @@
+"""Exported model speed on CPU: BASE (95 M, random init, CTC head), 10 s of audio, 2 threads.
+
+In one run, interleaved round by round so that load from other processes hits every system
+alike: ONNX Runtime on the exported fp32 and int8 graphs, our PyTorch model (eager), and
+transformers' Wav2Vec2ForCTC (eager), each as real-time factor (seconds of compute per second
+of audio, median over rounds). The floor is 14.1 GFLOP per audio second at the fp32 GEMM rate
+measured in the same run (the faster of torch's and ONNX Runtime's matrix product).
+
+    python -m bench export
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+THREADS = 2
+AUDIO_SECONDS = 10.0
+SAMPLE_RATE = 16000
+ROUNDS = 7
+GFLOP_PER_AUDIO_SECOND = 14.1  # wav2vec2 BASE forward, conv encoder + transformer
+VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|") + tuple("ETAONIHSRDLUMWCFGYPBVKJXQZ'")
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def gemm_rates(tmp: Path) -> dict[str, float]:
+    """fp32 matrix-product GFLOP/s on THREADS threads: torch (square 2048) and ONNX Runtime
+    (the transformer's FFN product for 10 s of audio, 499 x 768 @ 768 x 3072)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    rates = {"torch_2048": 2 * 2048**3 / _best_seconds(lambda: a @ b) / 1e9}
+    m, k, n = 499, 768, 3072
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    path = tmp / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    sess = _session(path)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    rates["onnxruntime_499x768x3072"] = 2 * m * k * n / _best_seconds(lambda: sess.run(None, {"x": x}), 20) / 1e9
+    return rates
+
+
+def _audio() -> np.ndarray:
+    """10 s of harmonic bursts in noise (speech-like level and structure)."""
+    rng = np.random.default_rng(0)
+    n = int(AUDIO_SECONDS * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    x = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    x = x + 0.1 * rng.standard_normal(n)
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)[None]
+
+
+def main() -> dict:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from export.exporter import export_model
+    from training.checkpoint import Checkpoint
+    from training.model import wav2vec2_base
+    from w2v_serve.model_dir import ModelDirectory
+    from w2v_serve.vocab import Vocabulary
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+    ours = wav2vec2_base(vocab_size=len(VOCAB)).eval()
+    reference = Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=len(VOCAB))).eval()
+    audio = _audio()
+    lengths = np.array([audio.shape[1]], dtype=np.int64)
+    audio_t, lengths_t = torch.from_numpy(audio), torch.from_numpy(lengths)
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        start = time.perf_counter()
+        model_dir = ModelDirectory.load(export_model(Checkpoint.from_model(ours, Vocabulary(VOCAB)),
+                                                     tmp / "base", int8=True, check=True))
+        export_seconds = time.perf_counter() - start
+        fp32 = _session(model_dir.graph_path("model", "fp32"))
+        int8 = _session(model_dir.graph_path("model", "int8"))
+        feed = {"audio": audio, "lengths": lengths}
+        systems: dict[str, Callable[[], object]] = {
+            "onnxruntime_fp32": lambda: fp32.run(None, feed),
+            "onnxruntime_int8": lambda: int8.run(None, feed),
+            "pytorch_eager_ours": lambda: ours(audio_t, lengths_t),
+            "transformers_eager": lambda: reference(audio_t),
+        }
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        with torch.inference_mode():
+            for fn in systems.values():
+                fn()  # warm-up: allocations, ORT's first-run planning
+            for _ in range(ROUNDS):
+                for name, fn in systems.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+            rates = gemm_rates(tmp)
+        card = model_dir.card
+
+    rtf = {name: statistics.median(t) / AUDIO_SECONDS for name, t in times.items()}
+    gemm = max(rates.values())
+    floor = GFLOP_PER_AUDIO_SECOND / gemm
+    result = {
+        "config": {"model": "BASE (wav2vec2_base, random init, CTC head)", "parameters": card.extra["parameters"],
+                   "audio_seconds": AUDIO_SECONDS, "threads": THREADS, "rounds": ROUNDS},
+        "rtf": {k: round(v, 4) for k, v in rtf.items()},
+        "rtf_min": {name: round(min(t) / AUDIO_SECONDS, 4) for name, t in times.items()},
+        "gemm_gflops": {k: round(v, 1) for k, v in rates.items()},
+        "floor_rtf": round(floor, 4),
+        "ratios": {
+            "fp32_over_floor": round(rtf["onnxruntime_fp32"] / floor, 3),
+            # The GEMM rate is a best-of; the fastest fp32 round is its like-for-like comparison.
+            "fp32_fastest_round_over_floor": round(min(times["onnxruntime_fp32"]) / AUDIO_SECONDS / floor, 3),
+            "transformers_eager_over_fp32": round(rtf["transformers_eager"] / rtf["onnxruntime_fp32"], 3),
+            "fp32_over_int8": round(rtf["onnxruntime_fp32"] / rtf["onnxruntime_int8"], 3),
+            "transformers_eager_over_ours_eager": round(rtf["transformers_eager"] / rtf["pytorch_eager_ours"], 3),
+        },
+        "int8": {"conv_encoder": card.extra.get("int8_conv_encoder"),
+                 "parity": {k: card.checks["parity"]["int8"][k] for k in ("max_rel_error", "argmax_agreement")}},
+        "fp32_parity_max_rel_error": card.checks["parity"]["fp32"]["max_rel_error"],
+        "export_seconds": round(export_seconds, 1),
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+        "versions": card.versions,
+    }
+    _print(result)
+    return result
+
+
+def _print(result: dict) -> None:
+    print(f"BASE, {AUDIO_SECONDS:.0f} s audio, {THREADS} threads, median of {ROUNDS} interleaved rounds")
+    for name, value in result["rtf"].items():
+        print(f"  {name:22s} RTF {value:.4f}")
+    print(f"  fp32 GEMM {result['gemm_gflops']} GFLOP/s -> floor RTF {result['floor_rtf']:.4f}")
+    for name, value in result["ratios"].items():
+        print(f"  {name:36s} {value}")
+    print(f"  load average before/after: {result['load_average']}")
