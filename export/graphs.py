@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.model import Wav2Vec2Model
-from training.model.components import WeightNormConv1d
+from training.model.components import FeatureEncoder, WeightNormConv1d
 from w2v_serve.model_dir import ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH
 
 
@@ -33,48 +34,81 @@ def fold_weight_norm(conv: WeightNormConv1d) -> nn.Conv1d:
 
 
 class ConvAsMatMul(nn.Module):
-    """A Conv1d (no padding, no groups) written as strided slices + one MatMul.
+    """A Conv1d (no padding, no groups) on *time-major* input, written as one MatMul.
 
     Same numbers as the convolution; the point is the op: ONNX Runtime's dynamic int8
     quantization turns a MatMul with a weight operand into its fast integer kernel, while its
-    ConvInteger kernel is several times slower than the float convolution. The kernel taps are
-    k strided slices of the input stacked on the channel axis: patches[b, j*C + c, t] =
-    x[b, c, t*stride + j], multiplied by the weight laid out as [k*C, C_out].
+    ConvInteger kernel is several times slower than the float convolution. The patch of frame
+    t is x[t*stride : t*stride + k] flattened (tap-major); taps 0..stride-1 of every frame are a
+    free reshape of the input, the remaining k - stride taps one strided slice each.
     """
 
     def __init__(self, conv: nn.Conv1d) -> None:
         super().__init__()
         if conv.groups != 1 or conv.padding not in (0, (0,)) or conv.dilation not in (1, (1,)):
             raise ValueError("ConvAsMatMul handles plain convolutions without padding, groups or dilation")
-        self.kernel_size = conv.kernel_size[0]
-        self.stride = conv.stride[0]
         c_out, c_in, k = conv.weight.shape
+        if k < conv.stride[0]:
+            raise ValueError("ConvAsMatMul needs kernel_size >= stride")
+        self.kernel_size, self.stride, self.in_channels = k, conv.stride[0], c_in
+        # [C_out, C_in, k] -> [k * C_in, C_out], row j * C_in + c = tap j of channel c.
         self.weight = nn.Parameter(conv.weight.detach().permute(2, 1, 0).reshape(k * c_in, c_out).clone())
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        """x [B, C, L] -> [B, C_out, T] with T = (L - k) // stride + 1."""
-        frames = torch.div(x.shape[2] - self.kernel_size, self.stride, rounding_mode="floor") + 1
-        span = (frames - 1) * self.stride + 1
-        taps = [x[:, :, j : j + span : self.stride] for j in range(self.kernel_size)]
-        y = torch.matmul(torch.cat(taps, dim=1).transpose(1, 2), self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.transpose(1, 2)
+        """x [B, L, C] -> [B, T, C_out] with T = (L - k) // stride + 1."""
+        k, s = self.kernel_size, self.stride
+        frames = torch.div(x.shape[1] - k, s, rounding_mode="floor") + 1
+        span = (frames - 1) * s + 1
+        taps = [x[:, : frames * s].reshape(x.shape[0], -1, s * self.in_channels)]
+        taps += [x[:, j : j + span : s] for j in range(s, k)]
+        y = torch.matmul(torch.cat(taps, dim=-1) if len(taps) > 1 else taps[0], self.weight)
+        return y if self.bias is None else y + self.bias
+
+
+class MatMulFeatureEncoder(nn.Module):
+    """The conv encoder with every block after the first as ``ConvAsMatMul``, run time-major
+    (so LayerNorm needs no transposes). The first block (one input channel: nothing for a
+    MatMul to gain) and its normalization run as they are."""
+
+    def __init__(self, encoder: FeatureEncoder) -> None:
+        super().__init__()
+        first, *rest = encoder.conv_layers
+        if any(b.norm_kind == "instance" for b in rest):
+            raise ValueError("per-channel normalization is only supported in the first conv block")
+        self.first = first
+        self.blocks = nn.ModuleList(rest)
+        self.matmuls = nn.ModuleList(ConvAsMatMul(b.conv) for b in rest)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for block in [self.first, *self.blocks]:
+            lengths = block.output_lengths(lengths)
+        return lengths
+
+    def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        x, lengths = self.first(waveforms.unsqueeze(1), lengths)
+        x = x.transpose(1, 2)
+        for block, matmul in zip(self.blocks, self.matmuls):
+            x = matmul(x)
+            if lengths is not None:
+                lengths = block.output_lengths(lengths)
+            if block.norm_kind == "layer":
+                x = block.norm(x)
+            x = F.gelu(x)
+        return x, lengths
 
 
 def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Vec2Model:
     """An eval-mode, float32 copy of ``model`` with every weight norm folded (the original is
-    untouched). ``conv_as_matmul``: the conv encoder's convolutions after the first (whose
-    single input channel makes a MatMul pointless) become ``ConvAsMatMul`` — for the int8 variant."""
+    untouched). ``conv_as_matmul``: the conv encoder as ``MatMulFeatureEncoder`` (for the int8
+    variant)."""
     model = copy.deepcopy(model).float().eval()
     for module in model.modules():
         for name, child in module.named_children():
             if isinstance(child, WeightNormConv1d):
                 setattr(module, name, fold_weight_norm(child))
     if conv_as_matmul:
-        for block in list(model.feature_extractor.conv_layers)[1:]:
-            block.conv = ConvAsMatMul(block.conv)
+        model.feature_extractor = MatMulFeatureEncoder(model.feature_extractor)  # type: ignore[assignment]
     for p in model.parameters():
         p.requires_grad_(False)
     return model

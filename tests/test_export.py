@@ -298,14 +298,27 @@ def test_old_opset_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kernel,stride,length", [(3, 2, 101), (3, 2, 100), (2, 2, 51), (10, 5, 400)])
 def test_conv_as_matmul_equals_the_convolution(kernel, stride, length):
-    """The int8 variant's MatMul form of the conv encoder computes the same numbers."""
+    """The int8 variant's MatMul form of a convolution (time-major) computes the same numbers."""
     from export.graphs import ConvAsMatMul
 
     torch.manual_seed(kernel + length)
     conv = torch.nn.Conv1d(8, 16, kernel, stride=stride, bias=True)
     x = torch.randn(3, 8, length)
     with torch.no_grad():
-        assert torch.allclose(ConvAsMatMul(conv)(x), conv(x), atol=1e-5)
+        assert torch.allclose(ConvAsMatMul(conv)(x.transpose(1, 2)).transpose(1, 2), conv(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["default", "layer_norm"])
+def test_matmul_feature_encoder_equals_the_conv_encoder(arch):
+    from export.graphs import inference_copy
+
+    model = small_checkpoint(vocab_size=len(SMALL_TOKENS), extractor_mode=arch).build_model()
+    audio, lengths = padded([speech_like(n, seed=n) for n in (4000, 2500)])
+    with torch.no_grad():
+        ref, ref_frames = model(torch.from_numpy(audio), torch.from_numpy(lengths))
+        got, got_frames = inference_copy(model, conv_as_matmul=True)(torch.from_numpy(audio), torch.from_numpy(lengths))
+    assert torch.equal(ref_frames, got_frames)
+    assert_close_rel(got.numpy(), ref.numpy(), rtol=1e-5)
 
 
 def test_repository_flag_writes_a_triton_repository(exported, tmp_path):
