@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes
 
-.PHONY: setup sysdeps test bench demo clean
+.PHONY: setup sysdeps test bench demo proto clean
 
 # System packages (apt, as root); skipped when they are already there.
 sysdeps:
@@ -36,6 +36,10 @@ test: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The gRPC API's generated code (committed) from w2v_serve/proto/w2v.proto.
+proto: setup
+	$(PY) -m w2v_serve.proto.generate
 
 demo: setup
 	$(VENV)/bin/w2v transcribe samples/sample.wav

@@ -79,6 +79,7 @@ class TritonStream:
     sequence_id: int
     model: str = "streaming"
     hotwords: Sequence[str] = ()
+    timeout_s: Optional[float] = None   # per request; a server that stops answering raises
 
     def __post_init__(self) -> None:
         self._client = _client(self.url)
@@ -98,7 +99,8 @@ class TritonStream:
             inputs.append(opt)
         try:
             result = self._client.infer(self.model, inputs, sequence_id=self.sequence_id,
-                                        sequence_start=not self._started, sequence_end=end)
+                                        sequence_start=not self._started, sequence_end=end,
+                                        client_timeout=self.timeout_s)
         except InferenceServerException as e:
             raise TritonClientError(e.message() or str(e)) from e
         self._started = True
