@@ -269,6 +269,7 @@ def _build_beam_decoder(labels: list[str], options: DecoderOptions):
     try:
         config = kenlm.Config()
         config.show_progress = False    # KenLM draws a loading bar on stderr otherwise
+        config.arpa_complain = kenlm.ARPALoadComplain.NONE     # "faster if you build a binary file"
         model = kenlm.Model(str(lm_path), config)
     except (OSError, RuntimeError) as e:
         raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e

@@ -16,7 +16,6 @@ the graph emits raw logits).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -184,10 +183,3 @@ class Engine:
         for b in range(0, len(windows), bs):
             yield from run(windows[b:b + bs])
 
-
-def default_threads() -> int:
-    """Cores this process may use (respects CPU affinity / container limits)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
