@@ -68,6 +68,7 @@ CONTRIBUTED_PARSERS: list[str] = [
     "export.cli:add_parser",
     "training.cli_train:add_parsers",
     "training.data_cli:add_parser",
+    "training.evaluate:add_parser",
     "w2v_serve.triton_launcher:add_parser",
     "w2v_serve.service_cli:add_parsers",
 ]
