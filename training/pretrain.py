@@ -105,3 +105,142 @@ class PretrainObjective(nn.Module):
         # Plain tensor arguments: DistributedDataParallel moves and inspects them.
         draws = PretrainDraws(mask, negatives, gumbel_noise)
         return pretrain_terms(self.model, waveforms, lengths, draws, self.temperature)
+
+
+# ---------------------------------------------------------------------------- the training task
+class PretrainTask:
+    """Pre-training for ``training.trainer.Trainer``: data, one micro-batch's objective, logging
+    and the collapse / chance-accuracy alarms."""
+
+    name = "pretrain"
+
+    def __init__(self, cfg, model: Optional[Wav2Vec2Model] = None) -> None:
+        from training.data import AudioDataset, BucketBatcher, filter_by_length
+        from training.manifest import read_manifest
+
+        self.cfg = cfg
+        if model is None:
+            model = Wav2Vec2Model(cfg.model.build(quantizer=True, vocab_size=None))
+            assert model.quantizer is not None
+            nn.init.normal_(model.quantizer.weight_proj.weight, mean=0.0, std=cfg.task.codebook_init_std)
+        self.model = model
+        self.module = PretrainObjective(self.model, cfg.task.logit_temp)
+        self.draw_override: Optional[PretrainDraws] = None   # replay exact draws (tests, debugging)
+        self.last_draws: Optional[PretrainDraws] = None
+        self.dataset = None
+        if cfg.data.train:
+            utts = read_manifest(cfg.data.train, labels=None)
+            keep = filter_by_length(utts, cfg.data.min_sample_size, None)
+            if not keep:
+                raise ValueError(f"{cfg.data.train}: no utterance of at least data.min_sample_size="
+                                 f"{cfg.data.min_sample_size} samples")
+            self.dataset = AudioDataset([utts[i] for i in keep])
+            sizes = [min(u.num_samples, cfg.data.max_sample_size) for u in self.dataset.utterances]
+            self.batcher = BucketBatcher(sizes, cfg.data.max_tokens, cfg.run.seed, cfg.data.max_batch_size,
+                                         cfg.data.shuffle)
+
+    def find_unused_parameters(self) -> bool:
+        return self.model.config.layer_drop > 0
+
+    def vocab(self):
+        return None
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def evaluate(self, ctx):
+        return None
+
+    def loaders(self, epoch: int, skip: int, ctx):
+        from training.data import PretrainCollater, make_loader
+
+        if self.dataset is None:
+            raise ValueError("data.train is not set")
+        shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
+        collate = PretrainCollater(self.cfg.run.seed, epoch, self.cfg.data.max_sample_size,
+                                   self.cfg.data.crop_to_shortest)
+        return make_loader(self.dataset, shard[skip:], collate, self.cfg.data.num_workers), len(shard)
+
+    def step(self, wrapped: nn.Module, batch, update: int, ctx, generator: Optional[torch.Generator]):
+        from training.losses import diversity_loss, perplexity
+        from training.model.quantizer import gumbel_temperature
+        from training.trainer import StepOutput
+
+        task, model = self.cfg.task, self.model
+        assert model.quantizer is not None
+        model.quantizer.temperature = gumbel_temperature(update, *task.latent_temp)
+        waveforms = batch.waveforms
+        lengths = None if bool((batch.lengths == waveforms.shape[1]).all()) else batch.lengths
+        frame_lengths, num_frames = frame_lengths_of(model, waveforms, lengths)
+        if self.draw_override is not None:
+            draws = self.draw_override.to(waveforms.device)
+        else:
+            draws = draw_pretrain_inputs(model, frame_lengths, num_frames, task.num_negatives, generator)
+        self.last_draws = draws
+        terms: PretrainTerms = wrapped(waveforms, lengths, draws.mask, draws.negatives, draws.gumbel_noise)
+        c, q = terms.contrastive, terms.quantizer
+
+        # Global counts: the loss is a sum over every process's masked steps (see trainer.py).
+        counts = ctx.sum(torch.stack([c.num_masked.float(), terms.penalty_count.float(),
+                                      terms.num_masked_frames.float()]))
+        n_masked, n_penalty, n_frames = counts[0], counts[1].clamp(min=1), counts[2].clamp(min=1)
+        prob_sum = q.avg_probs * terms.num_masked_frames.clamp(min=1)
+        global_probs = ctx.sum_with_grad(prob_sum) / n_frames
+        diversity = diversity_loss(global_probs)
+        penalty = task.feature_penalty_weight * n_masked * terms.penalty_sum / n_penalty
+        diversity_term = task.diversity_weight * n_masked * diversity / ctx.world_size
+        objective = c.loss + diversity_term + penalty
+
+        g, v = q.avg_probs.shape
+        codes = q.codes[draws.mask]                                        # [N, G]
+        hist = torch.zeros(g, v, device=codes.device).scatter_add_(
+            1, codes.t().contiguous(), torch.ones(codes.shape[1], codes.shape[0], device=codes.device))
+        hist = ctx.sum(hist)
+        code_ppl = perplexity(hist / hist.sum(dim=1, keepdim=True).clamp(min=1))
+        stats = {"loss": objective.detach(), "contrastive": c.loss.detach(), "diversity": diversity_term.detach(),
+                 "penalty": penalty.detach(), "masked": c.num_masked.float(), "correct": c.correct.float(),
+                 "chance": c.chance, "identical": c.identical.float(),
+                 "candidates": c.num_masked.float() * draws.negatives.shape[-1]}
+        gauges = {"prob_perplexity": float(perplexity(global_probs.detach())), "code_perplexity": float(code_ppl),
+                  "temperature": float(model.quantizer.temperature)}
+        return StepOutput(objective, float(n_masked), stats, gauges)
+
+    def log_record(self, sums: dict, gauges: dict, updates: int = 1) -> dict:
+        n = max(sums.get("masked", 0.0), 1.0)
+        g = self.model.config.num_codevector_groups
+        v = self.model.config.num_codevectors
+        return {
+            "loss": sums.get("loss", 0.0) / n,                 # per masked step, nats
+            "contrastive": sums.get("contrastive", 0.0) / n,
+            "diversity": sums.get("diversity", 0.0) / n,       # α·L_d
+            "feature_penalty": sums.get("penalty", 0.0) / n,   # weight · mean z²
+            "accuracy": sums.get("correct", 0.0) / n,
+            "chance": sums.get("chance", 0.0) / n,
+            "identical_distractors": sums.get("identical", 0.0) / max(sums.get("candidates", 0.0), 1.0),
+            "masked_per_update": n / max(updates, 1),
+            "codebook_size": g * v,
+            **gauges,
+        }
+
+    def check_alarms(self, record: dict, update: int) -> list:
+        task = self.cfg.task
+        if update < task.alarm_after:
+            return []
+        alarms = []
+        g = self.model.config.num_codevector_groups
+        per_group = record.get("code_perplexity", float("inf")) / g
+        if per_group < task.collapse_perplexity:
+            alarms.append(
+                f"codebook collapse at update {update}: code perplexity {record['code_perplexity']:.2f} over {g} "
+                f"codebook(s) of {self.model.config.num_codevectors} (≈{per_group:.2f} entries in use per codebook; "
+                f"prob perplexity {record.get('prob_perplexity', float('nan')):.2f}). Distractors now equal their "
+                f"positives ({100 * record.get('identical_distractors', 0):.0f}%), so the contrastive accuracy means "
+                f"nothing. Usual causes: learning rate too high, diversity_weight too low, un-normalized input, "
+                f"Gumbel temperature decaying too fast.")
+        chance = record.get("chance", 0.0)
+        if record.get("accuracy", 0.0) < task.chance_factor * chance:
+            alarms.append(
+                f"contrastive accuracy {record.get('accuracy', 0.0):.3f} is at chance level ({chance:.3f}) after "
+                f"{update} updates: the model is not learning to tell the masked step's code from distractors. "
+                f"Check the data (silence? all crops identical?), the learning rate and warm-up, and masking.")
+        return alarms

@@ -1,0 +1,205 @@
+"""CTC fine-tuning (wav2vec 2.0, section 3.3 / 4): a linear head over the characters on top of the
+Transformer, trained with CTC (zero_infinity) under time and channel masking; the conv feature
+encoder stays frozen and the Transformer is frozen for the first ``task.freeze_updates`` updates
+(only the head trains then). Dev-set greedy CER/WER during training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.checkpoint import load_checkpoint
+from training.masking import channel_mask, time_mask
+from training.model import Wav2Vec2Model
+from w2v_serve.vocab import Vocabulary
+
+log = logging.getLogger("w2v.train")
+
+
+class CtcObjective(nn.Module):
+    """The model's CTC forward as one module DistributedDataParallel can wrap."""
+
+    def __init__(self, model: Wav2Vec2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveforms: Tensor, lengths: Optional[Tensor], mask: Optional[Tensor],
+                channels: Optional[Tensor], frozen: bool = False) -> tuple[Tensor, Tensor]:
+        """-> (logits [B, T, V], frame lengths [B]). ``frozen``: no gradient below the head."""
+        with torch.no_grad() if frozen else torch.enable_grad():
+            features = self.model.extract(waveforms, lengths, mask, channels)
+        context = features.context.detach() if frozen else features.context
+        frame_lengths = features.lengths
+        if frame_lengths is None:
+            frame_lengths = torch.full((waveforms.shape[0],), context.shape[1], dtype=torch.long,
+                                       device=context.device)
+        return self.model.ctc_logits(context), frame_lengths
+
+
+def ctc_loss_sum(logits: Tensor, frame_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+                 blank: int = 0) -> Tensor:
+    """CTC summed over the batch; impossible alignments (target longer than the input) give 0
+    instead of inf (``zero_infinity``), as fairseq does."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, V]
+    return F.ctc_loss(log_probs, targets, frame_lengths, target_lengths, blank=blank, reduction="sum",
+                      zero_infinity=True)
+
+
+def build_vocab(cfg, texts: list[Optional[str]], init_vocab: Optional[Vocabulary]) -> Vocabulary:
+    if cfg.data.vocab:
+        return Vocabulary.load(cfg.data.vocab)
+    if init_vocab is not None:
+        return init_vocab
+    if not any(texts):
+        raise ValueError("fine-tuning needs transcripts (.ltr/.wrd next to the .tsv, or 'text' in JSON lines)")
+    return Vocabulary.from_characters("".join(t for t in texts if t))
+
+
+def load_initial_weights(model: Wav2Vec2Model, path: str) -> dict:
+    """Copy every tensor of a pre-trained / imported checkpoint that the model has with the same
+    shape (the quantizer and contrastive heads are dropped; a new CTC head starts fresh)."""
+    ckpt = load_checkpoint(path)
+    own = model.state_dict()
+    loaded, dropped = [], []
+    for key, value in ckpt.model_state.items():
+        if key in own and tuple(own[key].shape) == tuple(value.shape):
+            own[key] = value
+            loaded.append(key)
+        else:
+            dropped.append(key)
+    model.load_state_dict(own)
+    fresh = sorted(set(own) - set(loaded))
+    log.info("initialized from %s: %d tensors loaded, %d not used (%s), %d new (%s)", path, len(loaded),
+             len(dropped), ", ".join(sorted({k.split('.')[0] for k in dropped})) or "-", len(fresh),
+             ", ".join(sorted({k.split('.')[0] for k in fresh})) or "-")
+    return {"loaded": loaded, "dropped": dropped, "fresh": fresh}
+
+
+class FinetuneTask:
+    name = "finetune"
+
+    def __init__(self, cfg) -> None:
+        from training.data import AudioDataset, BucketBatcher, filter_by_length
+        from training.manifest import read_manifest
+
+        self.cfg = cfg
+        utts = read_manifest(cfg.data.train, labels=cfg.data.labels) if cfg.data.train else []
+        init_ckpt = load_checkpoint(cfg.task.init) if cfg.task.init else None
+        self._vocab = build_vocab(cfg, [u.text for u in utts], init_ckpt.vocab if init_ckpt else None)
+        forced = {"quantizer": False, "vocab_size": len(self._vocab)}
+        if cfg.task.freeze_feature_encoder:
+            forced["feature_grad_mult"] = 0.0
+        model_cfg = cfg.model.build(init_ckpt.model_config if init_ckpt else None, **forced)
+        self.model = Wav2Vec2Model(model_cfg)
+        if init_ckpt is not None:
+            load_initial_weights(self.model, cfg.task.init)
+        if cfg.task.freeze_feature_encoder:
+            for p in self.model.feature_extractor.parameters():
+                p.requires_grad_(False)
+        self.module = CtcObjective(self.model)
+
+        self.dataset = None
+        if utts:
+            if any(u.text is None for u in utts):
+                raise ValueError(f"{cfg.data.train}: some utterances have no transcript")
+            keep = filter_by_length(utts, cfg.data.min_sample_size, cfg.data.max_sample_size)
+            if not keep:
+                raise ValueError(f"{cfg.data.train}: no utterance within data.min_sample_size.."
+                                 f"data.max_sample_size samples")
+            self.dataset = AudioDataset([utts[i] for i in keep])
+            self.texts = [u.text for u in self.dataset.utterances]
+            self.batcher = BucketBatcher([u.num_samples for u in self.dataset.utterances], cfg.data.max_tokens,
+                                         cfg.run.seed, cfg.data.max_batch_size, cfg.data.shuffle)
+        self.valid = None
+        if cfg.data.valid:
+            vutts = read_manifest(cfg.data.valid, labels=cfg.data.labels)
+            self.valid = AudioDataset([u for u in vutts if u.text is not None])
+            self.valid_batcher = BucketBatcher([u.num_samples for u in self.valid.utterances],
+                                               max(cfg.data.max_tokens, max(u.num_samples for u in self.valid.utterances)),
+                                               cfg.run.seed, cfg.data.max_batch_size, shuffle=False)
+
+    def vocab(self) -> Vocabulary:
+        return self._vocab
+
+    def find_unused_parameters(self) -> bool:
+        return self.cfg.task.freeze_updates > 0 or self.model.config.layer_drop > 0
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def loaders(self, epoch: int, skip: int, ctx):
+        from training.data import FinetuneCollater, make_loader
+
+        if self.dataset is None:
+            raise ValueError("data.train is not set")
+        shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
+        collate = FinetuneCollater(self._vocab, self.texts)
+        return make_loader(self.dataset, shard[skip:], collate, self.cfg.data.num_workers), len(shard)
+
+    def draw_masks(self, frame_lengths: Tensor, num_frames: int, generator) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        c = self.model.config
+        mask = None
+        if c.mask_prob > 0:
+            mask = time_mask(frame_lengths, num_frames, c.mask_prob, c.mask_length, c.mask_min_masks, generator)
+        channels = None
+        if c.mask_channel_prob > 0:
+            channels = channel_mask(frame_lengths.shape[0], c.embed_dim, c.mask_channel_prob, c.mask_channel_length,
+                                    frame_lengths.device, generator)
+        return mask, channels
+
+    def step(self, wrapped: nn.Module, batch, update: int, ctx, generator):
+        from training.pretrain import frame_lengths_of
+        from training.trainer import StepOutput
+
+        frame_lengths, num_frames = frame_lengths_of(self.model, batch.waveforms, batch.lengths)
+        mask, channels = self.draw_masks(frame_lengths, num_frames, generator)
+        frozen = update < self.cfg.task.freeze_updates
+        logits, frame_lengths = wrapped(batch.waveforms, batch.lengths, mask, channels, frozen)
+        loss = ctc_loss_sum(logits, frame_lengths, batch.targets, batch.target_lengths, self._vocab.blank_id)
+        utterances = ctx.sum(torch.tensor(float(len(batch.indices)), device=loss.device))
+        stats = {"ctc": loss.detach(), "utterances": torch.tensor(float(len(batch.indices))),
+                 "frames": frame_lengths.sum().float(), "target_tokens": batch.target_lengths.sum().float()}
+        return StepOutput(loss, float(utterances), stats, {"frozen": float(frozen)})
+
+    def log_record(self, sums: dict, gauges: dict, updates: int = 1) -> dict:
+        n = max(sums.get("utterances", 0.0), 1.0)
+        return {"loss": sums.get("ctc", 0.0) / n,           # CTC per utterance (fairseq's sentence_avg)
+                "loss_per_token": sums.get("ctc", 0.0) / max(sums.get("target_tokens", 0.0), 1.0),
+                "utterances_per_update": n / max(updates, 1), "transformer_frozen": bool(gauges.get("frozen", 0.0))}
+
+    def check_alarms(self, record: dict, update: int) -> list:
+        return []
+
+    @torch.no_grad()
+    def evaluate(self, ctx) -> Optional[dict]:
+        """Greedy CER/WER on the dev manifest (split over the processes, counts all-reduced)."""
+        from training.data import FinetuneCollater, make_loader
+        from training.metrics import error_counts, greedy_decode
+
+        if self.valid is None:
+            return None
+        self.model.eval()
+        batches = self.valid_batcher.batches(0)[ctx.rank::ctx.world_size]
+        loader = make_loader(self.valid, batches, FinetuneCollater(self._vocab, [u.text for u in self.valid.utterances]),
+                             0)
+        totals = torch.zeros(5, dtype=torch.float64, device=ctx.device)
+        for batch in loader:
+            if batch is None:
+                continue
+            batch = batch.to(ctx.device)
+            logits, frame_lengths = self.module(batch.waveforms, batch.lengths, None, None)
+            hyps = greedy_decode(logits, frame_lengths, self._vocab)
+            counts = error_counts(batch.texts, hyps)
+            loss = ctc_loss_sum(logits, frame_lengths, batch.targets, batch.target_lengths, self._vocab.blank_id)
+            totals += torch.tensor([counts["char_errors"], counts["chars"], counts["word_errors"], counts["words"],
+                                    float(loss)], dtype=torch.float64, device=ctx.device)
+        self.model.train()
+        totals = ctx.sum(totals).tolist()
+        return {"cer": totals[0] / max(totals[1], 1), "wer": totals[2] / max(totals[3], 1),
+                "loss": totals[4] / max(len(self.valid), 1), "utterances": len(self.valid)}
