@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+import grpc
 import numpy as np
 
 from w2v_serve.backend import StreamOptions
@@ -23,9 +24,7 @@ from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions
 from w2v_serve.inference_worker import InferenceWorker
 from w2v_serve.model_dir import ModelDirectory
 from w2v_serve.service_errors import ServiceError, invalid_argument
-from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer, _default_session
-
-import grpc
+from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer
 
 # Each distinct (method, beam width) gets its own recognizer and decoder (an LM is loaded per
 # beam decoder), so the number of distinct settings a server will build is capped.
@@ -44,6 +43,20 @@ def resolve_decoder(default: DecoderOptions, options: StreamOptions) -> DecoderO
         return replace(default, method=BEAM, beam_width=width, hotwords=())
     except DecoderError as e:
         raise invalid_argument(str(e)) from None
+
+
+def _service_session(path: str):
+    """An ONNX Runtime session for a long-running service: CPU memory arena off. The batch
+    (streams ready at once) and window widths vary from run to run, and an arena keeps the
+    largest of every shape it has seen; without it memory follows the current load (as in
+    the Engine, for the same reason)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 class EmbeddedStream:
@@ -94,7 +107,7 @@ class EmbeddedBackend:
 
     def _session(self, path: str):
         if path not in self._sessions:
-            self._sessions[path] = _default_session(path)
+            self._sessions[path] = _service_session(path)
         return self._sessions[path]
 
     def _recognizer(self, options: DecoderOptions) -> StreamingRecognizer:

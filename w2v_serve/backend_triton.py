@@ -214,6 +214,10 @@ class TritonBackend:
         finally:
             self.pool.release(server)
 
+    @property
+    def active_streams(self) -> int:
+        return sum(s.open_streams for s in self.pool.servers)
+
     def healthy(self) -> bool:
         return self.pool.up_count > 0
 

@@ -267,6 +267,7 @@ class RecognitionServer:
         self.backend, self.host, self.requested_port = backend, host, port
         self.limits, self.auth_token, self.tls = limits, auth_token, tls
         self.metrics = ServiceMetrics()
+        self.metrics.backend_streams.set_function(lambda: backend.active_streams)
         self.metrics_port_requested = metrics_port
         self.grace_period_s = grace_period_s
         self.service = RecognizerService(backend, limits, self.metrics)

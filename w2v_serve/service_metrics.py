@@ -23,6 +23,8 @@ class ServiceMetrics:
         self.recognize_latency = Histogram("w2v_recognize_seconds", "Unary Recognize handling time",
                                            buckets=LATENCY_BUCKETS + (30.0, 60.0), registry=r)
         self.errors = Counter("w2v_errors", "RPCs ended with an error, by gRPC status code", ["code"], registry=r)
+        self.backend_streams = Gauge("w2v_backend_streams", "Streams holding state in the backend (the "
+                                     "in-process recognizer, or sequences open on Triton servers)", registry=r)
         self.backend_servers_up = Gauge("w2v_backend_servers_up", "Triton servers in rotation", registry=r)
         self._http = None
 
