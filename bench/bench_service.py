@@ -225,7 +225,8 @@ def main() -> dict:
         "latency": {"partial": _pct(partial), "final_eos": _pct(final_eos), "final_endpoint": _pct(final_endpoint),
                     "server_partial_mean_ms": round(1000 * server_lat["sum"] / max(1, server_lat["count"]), 1)},
     }
-    ok = (len(complete) == len(survivors) and gauge == 0 and backend_streams == 0 and code == 0)
+    ok = (len(complete) == len(survivors) and gauge == 0 and backend_streams == 0 and code == 0
+          and errors_cancelled == len(dropped))
     result["ok"] = ok
     print(f"streams {len(all_streams)} ({STREAMS} concurrent x {ROUNDS} rounds), dropped {len(dropped)}, "
           f"survivors with a final {len(complete)}/{len(survivors)}, open-stream gauge after: {gauge:g}, "

@@ -300,12 +300,16 @@ def test_missing_or_wrong_token(offline):
 # ---------------------------------------------------------------------------- clients that vanish
 def test_cancelled_stream_is_freed_at_once(full, offline):
     port = full.server.metrics_port
+    cancelled = metric(port, 'w2v_errors_total{code="CANCELLED"}')
+    internal = metric(port, 'w2v_errors_total{code="INTERNAL"}')
     s = DrivenStream(full.address)
     s.send(float32_config())
     s.send(audio_request(AUDIO[:8000]))
     assert wait_for(lambda: metric(port, "w2v_streams_open") == 1)
     s.call.cancel()
     assert wait_for(lambda: metric(port, "w2v_streams_open") == 0, timeout=2.0)
+    assert metric(port, 'w2v_errors_total{code="CANCELLED"}') == cancelled + 1      # seen as a client leaving,
+    assert metric(port, 'w2v_errors_total{code="INTERNAL"}') == internal           # not as a failure
     assert wait_for(lambda: full.server.backend.active_streams == 0, timeout=2.0)
     s.close()
     assert_still_serving(full, offline)
@@ -378,3 +382,32 @@ def test_generated_code_is_reproducible_from_the_proto(tmp_path):
                     "that generated the committed code")
     for path in generate.generate(tmp_path):
         assert path.read_bytes() == (generate.HERE / path.name).read_bytes(), f"{path.name} differs: run make proto"
+
+
+# ---------------------------------------------------------------------------- decoding options, TLS
+def test_per_stream_beam_decoder_equals_offline_beam(full):
+    from w2v_serve.decoding import DecoderOptions
+
+    audio = AUDIO[:24000]
+    with RecognizerClient(full.address) as client:
+        results = list(client.stream_audio(audio, chunk_ms=200, decoder="beam", beam_width=8))
+        with pytest.raises(RecognizerError) as info:     # hotwords need the beam decoder
+            list(client.stream_audio(audio[:1600], decoder="greedy", hotwords=["fox"]))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "beam" in info.value.details
+    offline_beam = Transcriber(tiny_model_dir("attention"), decoder=DecoderOptions(method="beam", beam_width=8))
+    assert final_text(results) == offline_beam.transcribe(audio, sample_rate=16000).text
+
+
+def test_tls(tmp_path, offline):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = (cert.read_bytes(), key.read_bytes())
+    with ThreadedServer(EmbeddedBackend(tiny_model_dir("attention"), FULL), tls=tls, auth_token=TOKEN) as srv:
+        with RecognizerClient(srv.address, tls_ca=str(cert), token=TOKEN) as client:
+            results = list(client.stream_audio(AUDIO[:16000], chunk_ms=250))
+        assert final_text(results) == offline["attention"].transcribe(AUDIO[:16000], sample_rate=16000).text
+        with pytest.raises(RecognizerError) as info, RecognizerClient(srv.address, token=TOKEN) as plain:
+            plain.recognize(AUDIO[:1600])                  # plaintext is not spoken there
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE

@@ -95,6 +95,10 @@ def _result(r: dict) -> pb.StreamingRecognitionResult:
 _EOF = object()
 
 
+class _ClientGone(Exception):
+    """The client cancelled or its connection closed: nothing to answer, only state to free."""
+
+
 class RecognizerService(pb_grpc.RecognizerServicer):
     def __init__(self, backend, limits: ServiceLimits, metrics: ServiceMetrics) -> None:
         self.backend, self.limits, self.metrics = backend, limits, metrics
@@ -111,9 +115,11 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             error = e
         except ChunkError as e:
             error = invalid_argument(str(e))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _ClientGone) as e:
             self.metrics.error(grpc.StatusCode.CANCELLED)     # the client went away
-            raise
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
         except Exception as e:  # a bug: the client gets INTERNAL, the log gets the traceback
             log.exception("stream failed")
             error = ServiceError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
@@ -133,7 +139,10 @@ class RecognizerService(pb_grpc.RecognizerServicer):
         self.metrics.streams_open.inc()
         self.metrics.streams.inc()
         requests: asyncio.Queue = asyncio.Queue(maxsize=32)   # bounded: a fast sender waits
-        reader = asyncio.create_task(self._read(request_iterator, requests))
+        reader = asyncio.create_task(self._read(request_iterator, requests, context))
+        # A client that vanishes ends the handler at once, wherever it waits (the model included).
+        handler = asyncio.current_task()
+        context.add_done_callback(lambda ctx: handler.cancel() if ctx.cancelled() and not handler.done() else None)
         stream = None
         try:
             last_request = time.monotonic()
@@ -197,20 +206,26 @@ class RecognizerService(pb_grpc.RecognizerServicer):
                 self._none_open.set()
 
     @staticmethod
-    async def _read(request_iterator, requests: asyncio.Queue) -> None:
+    async def _read(request_iterator, requests: asyncio.Queue, context) -> None:
         try:
             async for request in request_iterator:
                 await requests.put((request, time.monotonic()))
-            await requests.put((_EOF, time.monotonic()))
+            # The requests also end when the client cancels: that is not an end of audio.
+            await requests.put(_ClientGone() if context.cancelled() else (_EOF, time.monotonic()))
         except asyncio.CancelledError:
             raise
         except Exception as e:   # the call broke: the handler sees it on its next take
-            await requests.put(unavailable(f"reading the stream failed: {e}"))
+            await requests.put(_ClientGone() if context.cancelled() else unavailable(f"reading the stream failed: {e}"))
 
     async def _write(self, context, results: list[dict], arrived: float) -> None:
         if not results:
             return
-        await context.write(pb.StreamingRecognizeResponse(results=[_result(r) for r in results]))
+        try:
+            await context.write(pb.StreamingRecognizeResponse(results=[_result(r) for r in results]))
+        except Exception:
+            # A write fails only when the call is over from under us: the client cancelled or its
+            # connection closed (which can look like an end of audio to the reader just before).
+            raise _ClientGone() from None
         latency = time.monotonic() - arrived
         for kind in {("final" if r["is_final"] else "partial") for r in results}:
             self.metrics.latency.labels(kind=kind).observe(latency)
