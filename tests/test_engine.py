@@ -45,6 +45,9 @@ def test_length_buckets_group_similar_lengths_and_leave_long_inputs_to_windows()
     lengths = [16000 * s for s in (5, 1, 9, 2, 30, 6)]
     batches = engine.plan_batches(lengths)
     assert batches == [[1, 3], [0, 5], [2]]       # 30 s is longer than the window
+    # At most max_batch_seconds of padded audio per run: 2 x 6 s fits in 12 s, 3 x 5 s does not.
+    capped = Engine(tiny_model_dir("attention"), EngineOptions(batch_size=8, window_s=10, max_batch_seconds=12))
+    assert capped.plan_batches([16000 * s for s in (5, 1, 9, 2, 6)]) == [[1, 3], [0, 4], [2]]
 
 
 @pytest.mark.parametrize("seconds", [12.5, 41.0, 70.3])

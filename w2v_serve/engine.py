@@ -39,6 +39,8 @@ class EngineOptions:
     providers: Optional[tuple[str, ...]] = None   # default: PROVIDER_PREFERENCE ∩ available
     threads: int = 0                         # intra-op threads; 0 = onnxruntime's choice (all cores)
     batch_size: int = 8                      # rows per run (short files, or windows of a long one)
+    max_batch_seconds: float = 120.0         # and at most this much padded audio per run (memory:
+                                             # attention grows with rows x length^2)
     window_s: float = 30.0                   # recordings longer than this go through windows
     context_s: float = 2.0                   # overlap on each side of a window's kept frames
     pad_multiple: int = 0                    # pad batch length to a multiple of this many samples
@@ -75,6 +77,9 @@ class Engine:
         # largest run (bounded by batch_size x window), not an arena that keeps growing in steps
         # as run shapes vary over an hour-long recording (measured: +300 MiB from 2.5 to 10 min).
         so.enable_cpu_mem_arena = False
+        # Idle intra-op workers would spin and take the cores from audio loading and beam search,
+        # which run between (and beside) model runs; measured: ~15% more CPU for the same work.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
         so.log_severity_level = 3          # TensorRT/CUDA fallbacks are reported by us, not as warnings
@@ -104,8 +109,19 @@ class Engine:
         """Indices grouped into batches of similar length (sorted, then cut every batch_size rows);
         long inputs (windowed) are left out."""
         order = sorted((i for i, n in enumerate(lengths) if not self.is_long(n)), key=lambda i: lengths[i])
-        bs = max(1, self.options.batch_size)
-        return [order[k:k + bs] for k in range(0, len(order), bs)]
+        batches: list[list[int]] = []
+        for i in order:
+            # Sorted ascending, so row i is the longest: the batch pads every row to its length.
+            if batches and len(batches[-1]) < self.options.batch_size and \
+                    (len(batches[-1]) + 1) * lengths[i] <= self.max_batch_samples:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    @property
+    def max_batch_samples(self) -> int:
+        return int(self.options.max_batch_seconds * self.sample_rate)
 
     # ------------------------------------------------------------------ inference
     def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -136,9 +152,9 @@ class Engine:
         """Stitched log-probs of the recording whose samples ``blocks`` yields in order.
 
         Yields ``(first_frame, log_probs)`` chunks that tile the recording's frames in order. Holds at
-        most ``batch_size`` windows of audio (and their logits) at a time.
+        most one run's windows (``batch_size``, within ``max_batch_seconds``) of audio at a time.
         """
-        bs = max(1, self.options.batch_size)
+        bs = max(1, min(self.options.batch_size, self.max_batch_samples // self.window))
         stride, hop, ctx, window = self.stride, self.hop, self.context, self.window
         buffer = np.zeros(0, dtype=np.float32)
         start = 0            # recording sample index of buffer[0]; always a window start
