@@ -44,5 +44,17 @@ proto: setup
 demo: setup
 	$(VENV)/bin/w2v transcribe samples/sample.wav
 
+# The bundled default model, from nothing: corpus, training, export, LM, evaluation, bundle.
+# Resumable: every step keeps its output, the training run resumes from its last checkpoint.
+W2V := $(VENV)/bin/w2v
+RUN := runs/default_model
+default-model: setup
+	$(W2V) data synth --out data/synth --train 10000 --dev 300 --test 300 --seed 0
+	$(W2V) finetune configs/default_model/finetune.yaml
+	$(W2V) export $(RUN)/finetune/checkpoint_last.pt --out $(RUN)/export --int8
+	$(W2V) lm build data/synth/train.wrd --order 3 --out $(RUN)/export/lm.arpa
+	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/export/lm.arpa \
+	  --train-dir $(RUN)/finetune --out w2v_serve/models/default
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,6 +7,7 @@ import argparse
 import json
 import pickle
 import re
+import shutil
 
 import pytest
 import torch
@@ -133,12 +134,14 @@ def test_fairseq_pretraining_checkpoint_matches_transformers(arch, tmp_path):
         assert torch.equal(qa.codes, qb.codes)
 
 
+def copy_dir(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
 def test_mismatching_checkpoint_names_first_key_and_shape(hf_ctc_factory, tmp_path):
     _, directory = hf_ctc_factory("group", False)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in directory.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
+    bad = copy_dir(directory, tmp_path / "bad")
     state = load_file(str(bad / "model.safetensors"))
     key = "wav2vec2.encoder.layers.1.feed_forward.intermediate_dense.weight"
     state[key] = torch.zeros(96, 64)
@@ -153,10 +156,7 @@ def test_mismatching_checkpoint_names_first_key_and_shape(hf_ctc_factory, tmp_pa
 
 def test_vocab_that_does_not_match_head_is_refused(hf_ctc_factory, tmp_path):
     _, directory = hf_ctc_factory("group", False)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in directory.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
+    bad = copy_dir(directory, tmp_path / "bad")
     (bad / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(HF_TOKENS[:-2])}))
     with pytest.raises(CheckpointError, match="vocab_size"):
         import_hf(bad)
