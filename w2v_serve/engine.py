@@ -59,7 +59,7 @@ class Engine:
         self.receptive_field = card.receptive_field
         self.frame_seconds = card.frame_seconds
         self.session = self._open_session(self.model.graph_path(FULL_GRAPH, options.variant))
-        self.providers = tuple(self.session.get_providers())
+        self.providers = tuple(self.session.get_providers())    # what onnxruntime actually uses
         pad = options.pad_multiple or (self.sample_rate if self.providers[0].startswith("Tensorrt") else self.stride)
         self.pad_multiple = max(self.stride, pad - pad % self.stride)
         # Window geometry in samples, all multiples of the stride (frames align across windows).
@@ -82,10 +82,12 @@ class Engine:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
-        so.log_severity_level = 3          # TensorRT/CUDA fallbacks are reported by us, not as warnings
+        so.log_severity_level = 3          # errors only; the providers in use are in Engine.providers
         available = ort.get_available_providers()
         wanted = self.options.providers or PROVIDER_PREFERENCE
-        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        providers: list = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        if "TensorrtExecutionProvider" in providers:
+            providers[providers.index("TensorrtExecutionProvider")] = ("TensorrtExecutionProvider", self._trt_options(path))
         try:
             session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:   # onnxruntime raises its own exception types
@@ -96,6 +98,19 @@ class Engine:
             raise EngineError(f"{path}: expected inputs audio, lengths and outputs logits, logit_lengths; "
                               f"got {sorted(inputs)} -> {sorted(outputs)}")
         return session
+
+    def _trt_options(self, path: Path) -> dict:
+        """TensorRT builds an engine per input shape profile, which takes minutes: cache them per
+        model file (and build fp16 kernels for the fp16 variant)."""
+        import hashlib
+        import os
+
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "w2v" / "tensorrt" / key
+        cache.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                "trt_fp16_enable": self.options.variant == "fp16"}
 
     # ------------------------------------------------------------------ geometry
     def num_frames(self, n_samples: int) -> int:
