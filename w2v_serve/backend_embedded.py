@@ -80,7 +80,7 @@ class EmbeddedStream:
             self._open = False   # the recognizer closed it with the final result
         return [r.to_dict() for r in results]
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._open:
             self._open = False
             self._backend.worker.close(self._rec, self.stream_id)

@@ -157,7 +157,7 @@ class TritonBackendStream:
             results = [r for r in results if r.get("is_final")]
         return results
 
-    async def close(self) -> None:
+    def close(self) -> None:
         server, self.server = self.server, None
         if server is None:
             return

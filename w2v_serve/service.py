@@ -199,7 +199,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
         finally:
             reader.cancel()
             if stream is not None:
-                await stream.close()
+                stream.close()       # not awaited: nothing may interrupt the bookkeeping below
             self.open_streams -= 1
             self.metrics.streams_open.dec()
             if self.open_streams == 0 and self._none_open is not None:
