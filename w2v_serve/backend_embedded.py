@@ -46,17 +46,22 @@ def resolve_decoder(default: DecoderOptions, options: StreamOptions) -> DecoderO
 
 
 def _service_session(path: str):
-    """An ONNX Runtime session for a long-running service: CPU memory arena off. The batch
+    """An ONNX Runtime session for a long-running service. CPU memory arena off: the batch
     (streams ready at once) and window widths vary from run to run, and an arena keeps the
-    largest of every shape it has seen; without it memory follows the current load (as in
-    the Engine, for the same reason)."""
+    largest of every shape it has seen; without it memory follows the current load (as in the
+    Engine, for the same reason). Idle workers do not spin: the event loop and decoding need the
+    cores between runs. CUDA when there is one; not TensorRT, which would build an engine for
+    every new window shape."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
 
 
 class EmbeddedStream:
