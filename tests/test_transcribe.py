@@ -246,3 +246,21 @@ def test_progress_bar_on_a_terminal(speech_files):
     assert proc.returncode == 0
     assert "h audio" in bar and "files 3/3" in bar
     assert len(proc.stdout.splitlines()) == 3
+
+
+def test_an_unexpected_failure_in_one_file_does_not_stop_the_others(speech_files, monkeypatch):
+    """A fault the real files cannot cause (a decoder library raising something other than
+    AudioError) is injected for one file: it is reported with its type, the rest transcribe."""
+    import w2v_serve.transcribe as tr
+
+    real = tr.load_audio
+
+    def flaky(path, sample_rate=16000):
+        if str(path) == str(speech_files[1]):
+            raise RuntimeError("decoder crashed")
+        return real(path, sample_rate)
+
+    monkeypatch.setattr(tr, "load_audio", flaky)
+    results = Transcriber(tiny_model_dir("attention")).transcribe_batch(speech_files[:3])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error == f"{speech_files[1]}: RuntimeError: decoder crashed"

@@ -158,16 +158,16 @@ class Transcriber:
                 if info.frames == 0:
                     raise AudioError(f"{item.source}: contains no samples")
                 item.samples = int(round(info.frames * self.sample_rate / info.sample_rate))
-        except AudioError as e:
-            item.error = str(e)
+        except Exception as e:     # one unreadable input must not stop the others
+            item.error = _error_text(item, e)
 
     def _load_batch(self, batch: list[_Item], sample_rate) -> list[_Item]:
         for item in batch:
             if item.audio is None:
                 try:
                     item.audio = load_audio(item.source, self.sample_rate)
-                except AudioError as e:
-                    item.error = str(e)
+                except Exception as e:
+                    item.error = _error_text(item, e)
         return batch
 
     def _run_batch(self, batch: list[_Item], hotwords) -> list[TranscriptionResult]:
@@ -206,8 +206,8 @@ class Transcriber:
 
         try:
             transcript = self.decode_stream(self.engine.stream_log_probs(blocks()), hotwords=hotwords)
-        except AudioError as e:
-            return TranscriptionResult(item.path, error=str(e))
+        except Exception as e:
+            return TranscriptionResult(item.path, error=_error_text(item, e))
         finally:
             item.audio = None
         return TranscriptionResult(item.path, transcript.text, transcript.words, samples / self.sample_rate)
@@ -232,3 +232,10 @@ class Transcriber:
         if held:
             parts.append(self.decoder.decode(np.concatenate(pending), frame_offset=offset, hotwords=hotwords))
         return Transcript.join(parts)
+
+
+def _error_text(item: _Item, error: Exception) -> str:
+    """AudioError messages already name the file and the reason; anything else gets both added."""
+    if isinstance(error, AudioError):
+        return str(error)
+    return f"{item.path or 'array'}: {type(error).__name__}: {error}"
