@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.test_decoding import ambiguous_logits
 from tests.serve_helpers import VOCAB
 from w2v_serve.cli import main as w2v
 from w2v_serve.decoding import BEAM, CTCDecoder, DecoderOptions
 from w2v_serve.lm import find_irstlm, read_unigrams, unigrams_path_for
+
 
 def test_lm_build_cli_writes_arpa_and_unigrams_that_steer_beam_search(tmp_path, capsys):
     find_irstlm()      # fails loudly (with the apt package to install) rather than skipping

@@ -84,7 +84,6 @@ def test_arrays_and_beam_width_1(speech_files):
 
 def make_bad_files(d):
     (d / "empty.wav").write_bytes(b"")
-    good = sf.SoundFile  # noqa: F841  (soundfile writes the truncated one from a valid file)
     sf.write(d / "full.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
     (d / "truncated.wav").write_bytes((d / "full.wav").read_bytes()[:8000])
     (d / "full.wav").unlink()
