@@ -42,10 +42,16 @@ def contrastive_logits(context: Tensor, targets: Tensor, mask: Tensor, negatives
     Returns:
         (logits [N, 1+K] with -inf where a distractor equals the positive, that [N, K] bool).
     """
+    b, t, d = targets.shape
     rows, steps = mask.nonzero(as_tuple=True)                       # N masked steps, time order
-    c = context[rows, steps].float()                                  # [N, D]
-    positive = targets[rows, steps].float()                           # [N, D]
-    distractors = targets[rows.unsqueeze(1), negatives[rows, steps]].float()  # [N, K, D]
+    flat = rows * t + steps
+    flat_negatives = (rows.unsqueeze(1) * t + negatives[rows, steps]).reshape(-1)
+    # index_select, not advanced indexing: its CPU backward sums repeated rows in a fixed order,
+    # so a run is bit-reproducible (and resumable); indexing's backward is not.
+    c = torch.index_select(context.reshape(b * t, -1), 0, flat).float()              # [N, D]
+    targets_flat = targets.reshape(b * t, d)
+    positive = torch.index_select(targets_flat, 0, flat).float()                     # [N, D]
+    distractors = torch.index_select(targets_flat, 0, flat_negatives).float().view(len(flat), -1, d)  # [N, K, D]
     candidates = torch.cat([positive.unsqueeze(1), distractors], dim=1)       # [N, 1+K, D]
     logits = F.cosine_similarity(c.unsqueeze(1), candidates, dim=-1) / temperature
     identical = (distractors == positive.unsqueeze(1)).all(dim=-1)
