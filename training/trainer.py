@@ -240,7 +240,9 @@ class Trainer:
                                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
         self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.max_updates)
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.precision]
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.run.precision == "fp16")
+        # Losses are sums over a batch (hundreds of steps): start the fp16 loss scale at fairseq's
+        # 128 rather than 65536, which would overflow for the first dozen updates.
+        self.scaler = torch.amp.GradScaler(ctx.device.type, init_scale=128.0, enabled=cfg.run.precision == "fp16")
         self.wrapped: nn.Module = task.module
         if ctx.distributed:
             self.wrapped = nn.parallel.DistributedDataParallel(
