@@ -1,0 +1,133 @@
+"""CTC fine-tuning on the CPU: overfitting espeak-ng speech, freezing, initialization, CTC loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.speech_data import TINY_MODEL, write_corpus
+from training.checkpoint import Checkpoint, load_checkpoint
+from training.train_config import FinetuneConfig, load_config
+
+CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "finetune_small.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Six espeak-ng sentences (one voice) with fairseq .tsv/.ltr/.wrd manifests."""
+    from tests.speech_data import SENTENCES
+
+    return write_corpus(tmp_path_factory.mktemp("ft_audio"), SENTENCES[:6])
+
+
+def base_overrides(corpus: Path, save: Path, *extra: str) -> list[str]:
+    return [f"data.train={corpus}", f"data.valid={corpus}", f"run.save_dir={save}", "data.num_workers=0",
+            "data.max_tokens=400000", "run.progress=false", "run.tensorboard=false", "task.init=", *TINY_MODEL,
+            *extra]
+
+
+def test_finetuning_overfits_espeak_utterances(corpus, tmp_path):
+    """From scratch (no pre-training), no masking: a handful of utterances learned to ~0 CER."""
+    from w2v_serve.cli import main as w2v
+
+    save = tmp_path / "ft"
+    args = base_overrides(corpus, save, "run.max_updates=200", "run.eval_interval=100", "run.log_interval=50",
+                          "run.save_interval=1000", "optim.lr=2e-3", "schedule.kind=tri_stage",
+                          "schedule.phase_ratio=[0.1,0.6,0.3]", "task.freeze_updates=0",
+                          "task.freeze_feature_encoder=false", "model.mask_prob=0", "model.mask_channel_prob=0")
+    assert w2v(["finetune", CONFIG, *args]) == 0
+    records = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r.get("split") == "valid"]
+    assert valid[-1]["update"] == 200
+    assert valid[-1]["cer"] <= 0.05, valid
+    train = [r for r in records if r.get("split") == "train" and "loss" in r]
+    assert train[0]["loss"] > 10 * train[-1]["loss"]  # it really learned (CTC per utterance)
+    ckpt = load_checkpoint(save / "checkpoint_last.pt")
+    assert ckpt.kind == "ctc" and ckpt.vocab is not None and "|" in ckpt.vocab.tokens
+
+
+def test_freezing_and_initialization_from_a_pretrained_checkpoint(corpus, tmp_path):
+    from training.finetune import FinetuneTask
+    from training.model import Wav2Vec2Model
+    from training.trainer import DistContext, Trainer
+
+    # A "pre-trained" checkpoint: a quantizer model with its own random weights.
+    pre_cfg = load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path)).model.build(quantizer=True)
+    torch.manual_seed(5)
+    pre = Wav2Vec2Model(pre_cfg)
+    Checkpoint.from_model(pre).save(tmp_path / "pre.pt")
+
+    cfg = load_config(FinetuneConfig, CONFIG, base_overrides(
+        corpus, tmp_path / "run", f"task.init={tmp_path / 'pre.pt'}", "task.freeze_updates=2", "run.max_updates=4",
+        "optim.lr=1e-3"))
+    task = FinetuneTask(cfg)
+    model = task.model
+    assert model.quantizer is None and model.ctc_head is not None
+    assert model.config.feature_grad_mult == 0.0
+    for key, value in pre.state_dict().items():
+        if not key.startswith(("quantizer", "project_")):
+            assert torch.equal(model.state_dict()[key], value), key
+    trainer = Trainer(cfg, task, DistContext())
+    loader, _ = task.loaders(1, 0, trainer.ctx)
+    batch = next(iter(loader))
+
+    def snapshot():
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    def changed(a, b, prefix):
+        return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
+
+    s0 = snapshot()
+    trainer.train_update([batch])
+    s1 = snapshot()
+    assert changed(s0, s1, "ctc_head")
+    assert not changed(s0, s1, "encoder") and not changed(s0, s1, "feature_projection")
+    trainer.train_update([batch])
+    trainer.train_update([batch])  # update 3: past freeze_updates=2
+    s3 = snapshot()
+    assert changed(s1, s3, "encoder") and changed(s1, s3, "feature_projection")
+    assert not changed(s0, s3, "feature_extractor")  # the conv encoder is frozen throughout
+
+
+def test_ctc_loss_matches_reference_and_zero_infinity():
+    from training.finetune import ctc_loss_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 30, 8)
+    lengths = torch.tensor([30, 22])
+    targets = torch.tensor([1, 2, 3, 4, 5, 6, 7])
+    target_lengths = torch.tensor([4, 3])
+    ours = ctc_loss_sum(logits, lengths, targets, target_lengths)
+    ref = sum(F.ctc_loss(F.log_softmax(logits[b:b + 1, : lengths[b]], -1).transpose(0, 1),
+                         targets[sum(target_lengths[:b]):sum(target_lengths[: b + 1])].unsqueeze(0),
+                         lengths[b:b + 1], target_lengths[b:b + 1], reduction="sum") for b in range(2))
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    # A transcript longer than the input cannot be aligned: 0, not inf (zero_infinity).
+    impossible = ctc_loss_sum(logits[:1, :3], torch.tensor([3]), targets[:5], torch.tensor([5]))
+    assert impossible.item() == 0.0
+
+
+def test_greedy_decode_and_error_rates():
+    from training.metrics import edit_distance, error_counts, greedy_decode
+    from w2v_serve.vocab import Vocabulary
+
+    vocab = Vocabulary.from_characters("abc")
+    ids = [vocab.index(t) for t in ["a", "a", "<pad>", "a", "|", "b", "b", "c", "<pad>"]]
+    logits = F.one_hot(torch.tensor([ids]), len(vocab)).float()
+    assert greedy_decode(logits, torch.tensor([9]), vocab) == ["aa bc"]
+    assert greedy_decode(logits, torch.tensor([5]), vocab) == ["aa"]
+    assert edit_distance("kitten", "sitting") == 3
+    counts = error_counts(["aa bc"], ["aa bd"])
+    assert counts == {"char_errors": 1, "chars": 5, "word_errors": 1, "words": 2}
