@@ -51,10 +51,10 @@ RUN := runs/default_model
 default-model: setup
 	$(W2V) data synth --out data/synth --train 10000 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune.yaml
-	$(W2V) export $(RUN)/finetune2/checkpoint_last.pt --out $(RUN)/export --int8
+	$(W2V) export $(RUN)/finetune3/checkpoint_last.pt --out $(RUN)/export --int8
 	$(W2V) lm build data/synth/train.wrd --order 3 --out $(RUN)/export/lm.arpa
 	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/export/lm.arpa \
-	  --train-dir $(RUN)/finetune2 --out w2v_serve/models/default
+	  --train-dir $(RUN)/finetune3 --out w2v_serve/models/default
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -179,3 +179,24 @@ def test_layer_drop_only_in_training():
     model.eval()
     model(x)
     assert len(called) == len(model.encoder.layers)
+
+
+def test_small_preset_encoder_sees_quiet_input():
+    """No conv bias + per-frame LayerNorm in the first block: the conv encoder's output does not
+    depend on input gain (down to where LayerNorm's eps acts as a noise floor). With a conv bias,
+    quiet audio is swamped by it and every frame looks alike (training from scratch stalled)."""
+    from training.model import wav2vec2_small
+
+    x = torch.from_numpy(speech_like(16000, seed=12, scale=1.0))[None]
+
+    def loud_and_quiet(**overrides):
+        torch.manual_seed(0)
+        model = wav2vec2_small(**overrides).eval()
+        with torch.no_grad():
+            return model.encode_features(x)[0][0], model.encode_features(0.05 * x)[0][0]  # -26 dB
+
+    loud, quiet = loud_and_quiet()
+    assert quiet.std(0).mean() > 0.9 * loud.std(0).mean()            # time variation survives
+    assert (quiet - loud).abs().median() < 0.02 * loud.abs().max()    # same features
+    loud_b, quiet_b = loud_and_quiet(conv_bias=True)
+    assert quiet_b.std(0).mean() < 0.5 * loud_b.std(0).mean()         # the failure this prevents

@@ -105,12 +105,14 @@ def small_config(**overrides: Any) -> ModelConfig:
     LayerNorm in every block, 4 pre-LN blocks x 256, 4 heads, FFN 1024; same 400/320 geometry.
 
     No per-utterance waveform normalization and no GroupNorm: the conv encoder then depends only
-    on its 400-sample receptive field, so streaming can cache its features exactly (the per-frame
-    LayerNorm of the first block already makes it insensitive to input gain)."""
+    on its 400-sample receptive field, so streaming can cache its features exactly. No conv bias:
+    the first block's per-frame LayerNorm then makes the encoder exactly invariant to input gain
+    (with a bias, quiet input is swamped by it and the encoder's output barely depends on the
+    audio — training from scratch stalls)."""
     params: dict[str, Any] = dict(
         extractor_mode="layer_norm",
         conv_layers=[[256, 10, 5]] + [[256, 3, 2]] * 4 + [[256, 2, 2]] * 2,
-        conv_bias=True, normalize_waveform=False, embed_dim=256, num_layers=4, num_heads=4,
+        conv_bias=False, normalize_waveform=False, embed_dim=256, num_layers=4, num_heads=4,
         ffn_dim=1024, layer_norm_first=True, pos_conv_kernel=64, pos_conv_groups=16,
         num_codevectors=64, codevector_dim=128, final_dim=128, layer_drop=0.0,
         feature_grad_mult=1.0,
