@@ -7,7 +7,6 @@ being listed in ``DATA_SUBCOMMANDS`` with an ``add_parser(sub, handler)`` functi
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Callable
 
 DATA_SUBCOMMANDS: list[str] = [
@@ -33,16 +32,8 @@ def add_manifest_parser(sub: argparse._SubParsersAction, handler: Callable) -> N
 
 
 def add_parser(sub: argparse._SubParsersAction, handler: Callable) -> None:
+    from w2v_serve.cli import add_contributed_parsers
+
     p = sub.add_parser("data", help="prepare training data (manifests, synthetic corpus)")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    for path in DATA_SUBCOMMANDS:
-        module, _, func = path.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue  # not part of this build
-            raise
-        add = getattr(mod, func, None)
-        if add is not None:
-            add(data_sub, handler)
+    add_contributed_parsers(data_sub, DATA_SUBCOMMANDS)

@@ -83,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_import(sub)
     _add_info(sub)
-    for path in CONTRIBUTED_PARSERS:
+    add_contributed_parsers(sub, CONTRIBUTED_PARSERS)
+    return parser
+
+
+def add_contributed_parsers(sub: argparse._SubParsersAction, paths: Sequence[str]) -> None:
+    """Call each ``"module:function"(sub, handler)``; a module absent from this build is skipped."""
+    for path in paths:
         module, _, func = path.partition(":")
         try:
             mod = importlib.import_module(module)
@@ -92,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         getattr(mod, func)(sub, _handler)
-    return parser
 
 
 def _version() -> str:
