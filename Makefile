@@ -42,7 +42,8 @@ proto: setup
 	$(PY) -m w2v_serve.proto.generate
 
 demo: setup
-	$(VENV)/bin/w2v transcribe samples/sample.wav
+	@echo "reference:  $$(cat samples/sample.txt)"
+	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav --decoder beam --lm w2v_serve/models/default/lm.arpa
 
 # The bundled default model, from nothing: corpus, training, export, LM, evaluation, bundle.
 # Resumable: every step keeps its output, the training run resumes from its last checkpoint.
@@ -51,10 +52,10 @@ RUN := runs/default_model
 default-model: setup
 	$(W2V) data synth --out data/synth --train 10000 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune.yaml
-	$(W2V) export $(RUN)/finetune3/checkpoint_last.pt --out $(RUN)/export --int8
-	$(W2V) lm build data/synth/train.wrd --order 3 --out $(RUN)/export/lm.arpa
-	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/export/lm.arpa \
-	  --train-dir $(RUN)/finetune3 --out w2v_serve/models/default
+	$(W2V) export $(RUN)/finetune/checkpoint_last.pt --out $(RUN)/export
+	$(W2V) lm build data/synth/train.wrd --order 3 --out $(RUN)/lm/lm.arpa
+	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/lm/lm.arpa \
+	  --train-dir $(RUN)/finetune --out w2v_serve/models/default
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
