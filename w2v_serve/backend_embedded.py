@@ -24,7 +24,7 @@ from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions
 from w2v_serve.inference_worker import InferenceWorker
 from w2v_serve.model_dir import ModelDirectory
 from w2v_serve.service_errors import ServiceError, invalid_argument
-from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer
+from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer, open_streaming_session
 
 # Each distinct (method, beam width) gets its own recognizer and decoder (an LM is loaded per
 # beam decoder), so the number of distinct settings a server will build is capped.
@@ -43,25 +43,6 @@ def resolve_decoder(default: DecoderOptions, options: StreamOptions) -> DecoderO
         return replace(default, method=BEAM, beam_width=width, hotwords=())
     except DecoderError as e:
         raise invalid_argument(str(e)) from None
-
-
-def _service_session(path: str):
-    """An ONNX Runtime session for a long-running service. CPU memory arena off: the batch
-    (streams ready at once) and window widths vary from run to run, and an arena keeps the
-    largest of every shape it has seen; without it memory follows the current load (as in the
-    Engine, for the same reason). Idle workers do not spin: the event loop and decoding need the
-    cores between runs. CUDA when there is one; not TensorRT, which would build an engine for
-    every new window shape."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
 
 
 class EmbeddedStream:
@@ -112,7 +93,7 @@ class EmbeddedBackend:
 
     def _session(self, path: str):
         if path not in self._sessions:
-            self._sessions[path] = _service_session(path)
+            self._sessions[path] = open_streaming_session(path)
         return self._sessions[path]
 
     def _recognizer(self, options: DecoderOptions) -> StreamingRecognizer:

@@ -137,7 +137,7 @@ class StreamingRecognizer:
         mc = card.model_config
         # Exact, cached conv features need an encoder without utterance-level statistics.
         self.cache_features = mc.get("extractor_mode") == "layer_norm" and not mc.get("normalize_waveform", False)
-        make = session_factory or _default_session
+        make = session_factory or open_streaming_session
         self._encoder = make(str(self.model.graph_path(ENCODER_GRAPH)))
         self._transformer = make(str(self.model.graph_path(TRANSFORMER_GRAPH)))
         self.decoder = CTCDecoder(self.model.vocab, decoder_options, frame_seconds=card.frame_seconds)
@@ -337,9 +337,20 @@ class StreamingRecognizer:
         return out
 
 
-def _default_session(path: str):
+def open_streaming_session(path: str):
+    """An ONNX Runtime session for streaming (in-process or in a service). CPU memory arena off:
+    batch (streams ready at once) and window widths vary from run to run, and an arena keeps the
+    largest of every shape it has seen; without it memory follows the current load (as in the
+    Engine, for the same reason). Idle workers do not spin: decoding and the event loop need the
+    cores between runs. CUDA when there is one; not TensorRT, which would build an engine for
+    every new window shape."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
