@@ -25,6 +25,7 @@ from w2v_serve.model_dir import default_model_dir
 from w2v_serve.streaming import StreamingConfig, StreamingRecognizer
 
 PIECE = 3200  # 200 ms of 16 kHz audio per message, as a client sends it
+TEST = Path(__file__).resolve().parent.parent / "data" / "synth" / "test.tsv"
 
 
 def _model_dir() -> tuple[Path, str]:
@@ -79,6 +80,38 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
 
 
+def accuracy_vs_offline(model_dir: Path, settings: dict, limit: int = 150) -> dict:
+    """Greedy WER/CER of each window setting vs offline on the held-out synthetic test set."""
+    from training.evaluate import normalize_for_scoring as norm
+    from training.manifest import read_manifest
+    from training.metrics import error_counts
+    from w2v_serve.audio import load_audio
+    from w2v_serve.transcribe import Transcriber
+
+    utts = read_manifest(TEST)[:limit]
+    refs = [norm(u.text or "") for u in utts]
+
+    def rates(hyps):
+        c = error_counts(refs, hyps)
+        return {"wer": round(c["word_errors"] / c["words"], 4), "cer": round(c["char_errors"] / c["chars"], 4)}
+
+    offline = [norm(r.text) for r in Transcriber(model_dir).transcribe_iter([u.path for u in utts])]
+    out = {"offline": rates(offline)}
+    print(f"accuracy on {len(utts)} test utterances: offline WER {out['offline']['wer']:.1%} CER {out['offline']['cer']:.1%}")
+    for name, cfg in settings.items():
+        rec, hyps = StreamingRecognizer(model_dir, cfg), []
+        for i, u in enumerate(utts):
+            audio, results = load_audio(u.path), []
+            rec.start(i)
+            for k in range(0, len(audio), PIECE):
+                results += rec.accept(i, audio[k:k + PIECE], end=k + PIECE >= len(audio))
+            hyps.append(norm(" ".join(r.text for r in results if r.is_final and r.text)))
+        out[name] = {**rates(hyps), "identical_to_offline": sum(h == o for h, o in zip(hyps, offline))}
+        print(f"{name:>12}: WER {out[name]['wer']:.1%} CER {out[name]['cer']:.1%}, "
+              f"{out[name]['identical_to_offline']}/{len(utts)} transcripts identical to offline")
+    return out
+
+
 def main() -> dict:
     model_dir, which = _model_dir()
     print(f"model: {which} ({model_dir})")
@@ -131,5 +164,9 @@ def main() -> dict:
               f"({'sustainable' if load < 1 else 'NOT sustainable'} in real time)")
     sustained = max([n for n, load in concurrency.items() if load < 1.0], default=0)
     print(f"sustained real-time streams (of those tried): {sustained}")
-    return {"model": which, "offline_ms_per_audio_s": round(offline * 1000, 1), "streaming": rows,
+    accuracy = None
+    if default_model_dir() is not None and TEST.exists():  # needs `make default-model`'s corpus
+        no_lookahead = StreamingConfig(chunk_ms=320, right_context_ms=0, left_context_ms=2000)
+        accuracy = accuracy_vs_offline(model_dir, {**settings, "no look-ahead": no_lookahead})
+    return {"accuracy": accuracy, "model": which, "offline_ms_per_audio_s": round(offline * 1000, 1), "streaming": rows,
             "concurrent_load": concurrency, "sustained_streams": sustained}
