@@ -45,6 +45,17 @@ def save_hf_model(model, directory: Path, do_normalize: bool, vocab: bool = True
     return directory
 
 
+@pytest.fixture(scope="module")
+def two_torch_threads():
+    """Training tests run with 2 torch threads (the CI machine's cores), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def hf_ctc_factory(tmp_path_factory):
     """(arch, do_normalize) -> (reference Wav2Vec2ForCTC in eval mode, saved directory)."""

@@ -19,12 +19,7 @@ from training.train_config import PretrainConfig, load_config
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "pretrain_small.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -183,12 +183,12 @@ def write_manifests(source: Path, out_dir: Path, fmt: str = "tsv", valid_percent
     for split, utts in splits.items():
         if not utts and split == "valid":
             continue
-        written += _write_split(out_dir, split, utts, fmt, root)
+        written += write_split(out_dir, split, utts, fmt, root)
     return {"files": len(files), "utterances": len(good), "failed": failed, "written": written,
             "hours": sum(u.num_samples for u in good) / SAMPLE_RATE / 3600}
 
 
-def _write_split(out_dir: Path, split: str, utts: list[Utterance], fmt: str, root: Optional[Path]) -> list[str]:
+def write_split(out_dir: Path, split: str, utts: list[Utterance], fmt: str, root: Optional[Path]) -> list[str]:
     labeled = bool(utts) and all(u.text is not None for u in utts)
     if fmt == "jsonl":
         p = out_dir / f"{split}.jsonl"

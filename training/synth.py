@@ -234,7 +234,7 @@ def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: 
             bar.update(1)
     bar.close()
 
-    from training.manifest import Utterance, _write_split
+    from training.manifest import Utterance, write_split
 
     summary: dict = {"seed": seed, "sentences_available": len(sentences), "splits": {}, "failed": [],
                      "train_voices": train_voices, "held_out_voices": eval_voices}
@@ -249,8 +249,8 @@ def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: 
                 continue
             utts.append(Utterance(path, n, r.text))
             details.append({"path": str(path.relative_to(out_dir)), **asdict(r)})
-        _write_split(out_dir, split, utts, "tsv", out_dir / "audio")
-        _write_split(out_dir, split, utts, "jsonl", None)
+        write_split(out_dir, split, utts, "tsv", out_dir / "audio")
+        write_split(out_dir, split, utts, "jsonl", None)
         with open(out_dir / f"{split}.renderings.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(d) + "\n" for d in details)
         summary["splits"][split] = {"utterances": len(utts), "sentences": len(set(u.text for u in utts)),
