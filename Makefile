@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes
+# fortunes (sentences) and wamerican (a word list for the LM) feed the default-model recipe.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican
+LEXICON := /usr/share/dict/american-english
 
 .PHONY: setup sysdeps test bench demo proto clean
 
@@ -13,6 +15,7 @@ sysdeps:
 	command -v espeak-ng >/dev/null || missing=1; \
 	command -v sox >/dev/null || missing=1; \
 	[ -x /usr/lib/irstlm/bin/build-lm.sh ] || [ -x /usr/bin/build-lm.sh ] || missing=1; \
+	[ -d /usr/share/games/fortunes ] && [ -f $(LEXICON) ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
@@ -52,10 +55,13 @@ RUN := runs/default_model
 default-model: setup
 	$(W2V) data synth --out data/synth --train 10000 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune.yaml
-	$(W2V) export $(RUN)/finetune/checkpoint_last.pt --out $(RUN)/export
-	$(W2V) lm build data/synth/train.wrd --order 3 --out $(RUN)/lm/lm.arpa
+	# Stage 2 sees every usable training sentence; synth is deterministic, the first 10000 stay.
+	$(W2V) data synth --out data/synth --train 14652 --dev 300 --test 300 --seed 0
+	$(W2V) finetune configs/default_model/finetune_more.yaml
+	$(W2V) export $(RUN)/finetune_more/checkpoint_last.pt --out $(RUN)/export
+	$(W2V) lm build data/synth/train.wrd --order 3 --lexicon $(LEXICON) --out $(RUN)/lm/lm.arpa
 	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/lm/lm.arpa \
-	  --train-dir $(RUN)/finetune --out w2v_serve/models/default
+	  --train-dir $(RUN)/finetune --train-dir $(RUN)/finetune_more --out w2v_serve/models/default
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -18,7 +18,7 @@ from training.evaluate import evaluate, normalize_for_scoring
 from training.manifest import read_manifest
 from training.metrics import error_counts
 from w2v_serve.audio import load_audio
-from w2v_serve.decoding import DecoderOptions
+from w2v_serve.decoding import options_for_model
 from w2v_serve.model_dir import default_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +52,9 @@ def main() -> dict:
     if model is None or not TEST.exists():
         raise RuntimeError(f"needs the bundled default model and the test set {TEST} (make default-model)")
     rows = {"w2v greedy": evaluate(model, TEST, limit=LIMIT)}
-    lm = model / "lm.arpa"
-    if lm.exists():
-        rows["w2v beam 64 + LM"] = evaluate(model, TEST, limit=LIMIT,
-                                            decoder=DecoderOptions(method="beam", beam_width=64, lm=str(lm)))
+    beam = options_for_model(model, method="beam", beam_width=64)  # its own LM, tuned alpha/beta
+    if beam.lm:
+        rows["w2v beam 64 + LM"] = evaluate(model, TEST, limit=LIMIT, decoder=beam)
     rows["pocketsphinx 5 (en-us)"] = pocketsphinx_wer(TEST, LIMIT)
     for name, r in rows.items():
         print(f"{name:>24}: WER {100 * r['wer']:6.2f}%  CER {100 * r['cer']:6.2f}%  RTF {r['real_time_factor']:.3f}"

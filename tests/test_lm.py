@@ -33,3 +33,22 @@ def test_lm_build_reports_empty_text(tmp_path, capsys):
     empty.write_text("... !!! \n\n")
     assert w2v(["lm", "build", str(empty), "--out", str(tmp_path / "x.arpa")]) == 2
     assert "no words" in capsys.readouterr().err
+
+
+def test_lexicon_words_become_unigrams_below_every_word_of_the_text(tmp_path):
+    import kenlm
+
+    text = tmp_path / "domain.txt"
+    text.write_text("the bat sat on the mat\nthe dog sat\n" * 5)
+    lexicon = tmp_path / "words"
+    lexicon.write_text("Cat\ndog's\nthe\ntwo words\n\n")
+    out = tmp_path / "lex.arpa"
+    assert w2v(["lm", "build", str(text), "--out", str(out), "--lexicon", str(lexicon),
+                "--lexicon-logprob", "-6"]) == 0
+    assert read_unigrams(unigrams_path_for(out)) == {"the", "bat", "sat", "on", "mat", "dog", "cat", "dog's"}
+    model = kenlm.Model(str(out))       # KenLM checks the header's n-gram counts against the file
+    lexicon_only = model.score("cat", bos=False, eos=False)
+    assert abs(lexicon_only - -6.0) < 1e-4
+    # "the" came from the text, not the lexicon, and keeps its estimated probability.
+    assert model.score("the", bos=False, eos=False) > -2
+    assert min(model.score(w, bos=False, eos=False) for w in ("bat", "sat", "mat", "dog")) > lexicon_only

@@ -22,15 +22,17 @@ def normalize_for_scoring(text: str) -> str:
 
 
 def evaluate(model_dir: str | Path, manifest: str | Path, *, decoder=None, limit: Optional[int] = None,
-             details: Optional[str | Path] = None) -> dict:
+             details: Optional[str | Path] = None, variant: str = "fp32") -> dict:
     from training.metrics import error_counts
     from w2v_serve.decoding import DecoderOptions
+    from w2v_serve.engine import EngineOptions
     from w2v_serve.transcribe import Transcriber
 
     utts = [u for u in read_manifest(manifest) if u.text is not None][:limit]
     if not utts:
         raise ValueError(f"{manifest}: no labeled utterances")
-    transcriber = Transcriber(model_dir, decoder=decoder or DecoderOptions())
+    transcriber = Transcriber(model_dir, decoder=decoder or DecoderOptions(),
+                              engine_options=EngineOptions(variant=variant))
     start = time.perf_counter()
     results = list(transcriber.transcribe_iter([u.path for u in utts]))
     elapsed = time.perf_counter() - start
@@ -55,11 +57,14 @@ def add_parser(sub: argparse._SubParsersAction, handler) -> None:
     p = sub.add_parser("eval", help="character/word error rates of a model directory on a labeled manifest")
     p.add_argument("manifest", help="labeled manifest: fairseq .tsv (+ .wrd/.ltr) or .jsonl with text")
     p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
+    p.add_argument("--decoder", choices=("greedy", "beam"),
+                   help="default: greedy, beam with --lm; beam uses the model's own LM when it ships one")
     p.add_argument("--beam-width", type=int, default=64)
     p.add_argument("--lm", metavar="FILE", help="KenLM/ARPA language model (beam)")
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--no-lm", action="store_true", help="beam search without the model's own LM")
+    p.add_argument("--alpha", type=float, help="LM weight (default: the card's tuned value, else 0.5)")
+    p.add_argument("--beta", type=float, help="word insertion bonus (default: tuned value, else 1.0)")
+    p.add_argument("--variant", default="fp32", help="graph variant from the model card (fp32, fp16, int8)")
     p.add_argument("--limit", type=int, help="first N utterances only")
     p.add_argument("--details", metavar="FILE", help="write ref/hyp pairs as JSON lines")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -67,11 +72,12 @@ def add_parser(sub: argparse._SubParsersAction, handler) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from w2v_serve.decoding import DecoderOptions
+    from w2v_serve.decoding import options_for_model
 
-    decoder = DecoderOptions(method=args.decoder, beam_width=args.beam_width, lm=args.lm,
-                             alpha=args.alpha, beta=args.beta)
-    summary = evaluate(args.model, args.manifest, decoder=decoder, limit=args.limit, details=args.details)
+    decoder = options_for_model(args.model, method=args.decoder, beam_width=args.beam_width, lm=args.lm,
+                                no_lm=args.no_lm, alpha=args.alpha, beta=args.beta)
+    summary = evaluate(args.model, args.manifest, decoder=decoder, limit=args.limit, details=args.details,
+                       variant=args.variant)
     if args.json:
         print(json.dumps(summary))
     else:

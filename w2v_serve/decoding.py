@@ -103,6 +103,34 @@ class DecoderOptions:
         object.__setattr__(self, "hotwords", tuple(h.strip() for h in self.hotwords if h.strip()))
 
 
+def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[str] = None,
+                      no_lm: bool = False, alpha: Optional[float] = None, beta: Optional[float] = None,
+                      **rest) -> DecoderOptions:
+    """Decoder options for one model directory, the way every command reads its flags.
+
+    A model may ship its own language model (the card's ``decoding`` section: an LM file in the
+    directory with alpha/beta tuned on its dev set). Beam search without ``lm`` uses it unless
+    ``no_lm``; alpha/beta default to the card's values when the LM in use is the shipped one,
+    else to pyctcdecode's defaults. Without ``method``: beam when an LM or hotwords are given."""
+    from w2v_serve.model_dir import ModelDirectory
+
+    directory = ModelDirectory.load(model_dir)
+    shipped = directory.shipped_lm
+    hotwords = tuple(rest.get("hotwords") or ())
+    if method is None:
+        method = BEAM if (lm or hotwords) else GREEDY
+    if method == BEAM and lm is None and shipped is not None and not no_lm:
+        lm = str(shipped)
+    tuned = shipped is not None and lm is not None and Path(lm).resolve() == shipped.resolve()
+    card = directory.card.decoding if tuned else {}
+    if lm is not None and tuned and rest.get("unigrams") is None and card.get("unigrams"):
+        rest["unigrams"] = str(directory.path / card["unigrams"])
+    return DecoderOptions(method=method, lm=lm,
+                          alpha=alpha if alpha is not None else float(card.get("alpha", DEFAULT_ALPHA)),
+                          beta=beta if beta is not None else float(card.get("beta", DEFAULT_BETA)),
+                          **{k: v for k, v in rest.items() if v is not None})
+
+
 class CTCDecoder:
     """Greedy or beam-search CTC decoding over one vocabulary.
 

@@ -22,6 +22,7 @@ from typing import Iterable, Optional
 IRSTLM_HOMES = ("/usr/lib/irstlm", "/usr/local/lib/irstlm", "/usr/local")
 # IRSTLM's names; "auto": improved shift-beta (modified Kneser-Ney), Witten-Bell where that cannot be estimated.
 SMOOTHING = ("auto", "improved-shift-beta", "shift-beta", "witten-bell")
+DEFAULT_LEXICON_LOGPROB = -6.5
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
@@ -92,9 +93,12 @@ def find_irstlm() -> Path:
 
 
 def build_lm(texts: Iterable[str | Path], out: str | Path, *, order: int = 3, case: str = "lower",
-             smoothing: str = SMOOTHING[0]) -> tuple[Path, Path, str]:
+             smoothing: str = SMOOTHING[0], lexicon: Optional[str | Path] = None,
+             lexicon_logprob: float = DEFAULT_LEXICON_LOGPROB) -> tuple[Path, Path, str]:
     """Estimate an ``order``-gram LM from text files; returns (ARPA path, unigram list path,
-    smoothing used)."""
+    smoothing used). Words of ``lexicon`` (one per line) that the text lacks become unigrams of
+    log10 probability ``lexicon_logprob``: beam search can then spell them, well below any word
+    seen in the text."""
     if order < 1:
         raise LMBuildError(f"order must be at least 1, got {order}")
     if smoothing not in SMOOTHING:
@@ -127,10 +131,46 @@ def build_lm(texts: Iterable[str | Path], out: str | Path, *, order: int = 3, ca
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".tmp")
         _run([str(home / "bin" / "compile-lm"), str(tmp / "lm.gz"), "--text=yes", str(partial)], env, "compile-lm")
+        if lexicon is not None:
+            vocabulary |= add_lexicon_unigrams(partial, read_lexicon(lexicon, case), lexicon_logprob)
         partial.replace(out)
     unigrams = unigrams_path_for(out)
     unigrams.write_text("".join(w + "\n" for w in sorted(vocabulary)), encoding="utf-8")
     return out, unigrams, used
+
+
+def read_lexicon(path: str | Path, case: str = "lower") -> set[str]:
+    """Single words, one per line (a word list such as /usr/share/dict/words), case-folded;
+    lines that are not one word (letters, inner apostrophes) are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise LMBuildError(f"{path}: cannot read the lexicon ({e.strerror})") from e
+    words = {w for w in normalize_sentences(lines, case) if " " not in w}
+    if not words:
+        raise LMBuildError(f"{path}: the lexicon holds no words")
+    return words
+
+
+def add_lexicon_unigrams(arpa: Path, words: set[str], logprob: float) -> set[str]:
+    """Add the words the ARPA file lacks as unigrams (backoff 0); returns those added.
+
+    The LM is not renormalized: beam search compares scores and needs none, and the added mass
+    (one word-list's worth at ~1e-6.5 each) is a few percent at most."""
+    lines = arpa.read_text(encoding="utf-8").split("\n")
+    start = lines.index("\\1-grams:") + 1
+    end = start
+    while end < len(lines) and lines[end].strip():
+        end += 1
+    known = {line.split()[1] for line in lines[start:end] if len(line.split()) >= 2}
+    added = sorted(words - known)
+    lines[end:end] = [f"{logprob:.4f}\t{w}\t0" for w in added]
+    for k in range(start):
+        key, _, count = lines[k].partition("=")
+        if key.replace(" ", "") == "ngram1":
+            lines[k] = f"ngram 1={int(count) + len(added)}"
+    arpa.write_text("\n".join(lines), encoding="utf-8")
+    return set(added)
 
 
 def _estimate(home: Path, env: dict, corpus: Path, tmp: Path, order: int, smoothing: str) -> str:
@@ -176,6 +216,10 @@ def add_parser(sub, handler) -> None:
     b.add_argument("--case", choices=("lower", "upper", "keep"), default=None,
                    help="case folding when no --model is given (default lower)")
     b.add_argument("--smoothing", choices=SMOOTHING, default=SMOOTHING[0])
+    b.add_argument("--lexicon", metavar="FILE", help="word list (one per line, e.g. /usr/share/dict/words) "
+                   "whose words beam search may spell although the text lacks them")
+    b.add_argument("--lexicon-logprob", type=float, default=DEFAULT_LEXICON_LOGPROB, metavar="LOG10P",
+                   help=f"log10 probability of each lexicon-only word (default {DEFAULT_LEXICON_LOGPROB})")
     b.set_defaults(func=handler("w2v_serve.lm:cmd_build"))
 
 
@@ -187,7 +231,8 @@ def cmd_build(args) -> int:
         from w2v_serve.model_dir import ModelDirectory
 
         case = "upper" if ModelDirectory.load(args.model).vocab.is_uppercase else "lower"
-    arpa, unigrams, smoothing = build_lm(args.texts, args.out, order=args.order, case=case, smoothing=args.smoothing)
+    arpa, unigrams, smoothing = build_lm(args.texts, args.out, order=args.order, case=case, smoothing=args.smoothing,
+                                         lexicon=args.lexicon, lexicon_logprob=args.lexicon_logprob)
     n = sum(1 for _ in open(unigrams, encoding="utf-8"))
     print(f"wrote {arpa} ({args.order}-gram ARPA, {smoothing} smoothing) and {unigrams} ({n} words)", file=sys.stderr)
     return 0

@@ -58,6 +58,9 @@ class ModelCard:
     checks: dict[str, Any] = field(default_factory=dict)     # parity results per variant
     versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime
     extra: dict[str, Any] = field(default_factory=dict)      # training data, metrics, notes
+    # The language model shipped in the directory, with weights tuned for this model:
+    # {"lm": "lm.arpa", "unigrams": "lm.unigrams.txt", "alpha": 0.8, "beta": 1.0, "tuned_on": "..."}
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -110,6 +113,17 @@ class ModelDirectory:
 
     def write_card(self) -> None:
         write_card(self.path, self.card)
+
+    @property
+    def shipped_lm(self) -> Optional[Path]:
+        """The language model file the card names (inside this directory), if any."""
+        name = self.card.decoding.get("lm")
+        if not name:
+            return None
+        p = self.path / name
+        if not p.exists():
+            raise ModelDirError(f"{p}: language model named in the model card but missing")
+        return p
 
 
 def write_card(directory: str | Path, card: ModelCard) -> None:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from w2v_serve.cli import CommandError
-from w2v_serve.decoding import BEAM, GREEDY, DecoderOptions
+from w2v_serve.decoding import DecoderOptions, options_for_model
 from w2v_serve.model_dir import default_model_dir
 from w2v_serve.service import AUTH_TOKEN_ENV, RecognitionServer, ServiceLimits
 from w2v_serve.streaming import StreamingConfig
@@ -28,10 +28,10 @@ def window_config(args: argparse.Namespace) -> StreamingConfig:
                            max_segment_s=args.max_segment_s)
 
 
-def decoder_options(args: argparse.Namespace) -> DecoderOptions:
-    method = args.decoder or (BEAM if args.lm else GREEDY)
-    return DecoderOptions(method=method, beam_width=args.beam_width, lm=args.lm, alpha=args.alpha,
-                          beta=args.beta, hotword_weight=args.hotword_weight)
+def decoder_options(args: argparse.Namespace, model) -> DecoderOptions:
+    return options_for_model(model, method=args.decoder, beam_width=args.beam_width, lm=args.lm,
+                             no_lm=args.no_lm, alpha=args.alpha, beta=args.beta,
+                             hotword_weight=args.hotword_weight)
 
 
 def build_backend(args: argparse.Namespace, on_servers_up=None):
@@ -44,7 +44,7 @@ def build_backend(args: argparse.Namespace, on_servers_up=None):
             raise CommandError(NO_MODEL)
         from w2v_serve.backend_embedded import EmbeddedBackend
 
-        return EmbeddedBackend(model, window, decoder_options(args))
+        return EmbeddedBackend(model, window, decoder_options(args, model))
     from w2v_serve.backend_triton import TritonBackend
 
     urls, local = list(args.triton_url), None

@@ -45,11 +45,13 @@ def _add_serve(sub, handler) -> None:
                      help="pause after speech that ends a segment with a final result")
     win.add_argument("--max-segment-s", type=float, default=_DEFAULT_WINDOW.max_segment_s)
     dec = p.add_argument_group("decoding (the default; a stream may ask for greedy/beam and a beam width)")
-    dec.add_argument("--decoder", choices=("greedy", "beam"), help="default: greedy, beam with --lm")
+    dec.add_argument("--decoder", choices=("greedy", "beam"),
+                     help="default: greedy, beam with --lm; beam uses the model's own LM when it ships one")
     dec.add_argument("--beam-width", type=int, default=64)
     dec.add_argument("--lm", metavar="FILE", help="KenLM language model (ARPA or binary)")
-    dec.add_argument("--alpha", type=float, default=0.5, help="LM weight")
-    dec.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
+    dec.add_argument("--no-lm", action="store_true", help="beam search without the model's own LM")
+    dec.add_argument("--alpha", type=float, help="LM weight (default: the card's tuned value, else 0.5)")
+    dec.add_argument("--beta", type=float, help="word insertion bonus (default: tuned value, else 1.0)")
     dec.add_argument("--hotword-weight", type=float, default=10.0)
     tri = p.add_argument_group("triton backend")
     tri.add_argument("--triton-url", action="append", default=[], metavar="HOST:PORT",

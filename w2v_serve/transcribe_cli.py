@@ -33,12 +33,15 @@ def add_parser(sub, handler) -> None:
     src.add_argument("--variant", default="fp32", help="graph variant from the model card (fp32, fp16, int8)")
     dec = p.add_argument_group("decoding")
     dec.add_argument("--decoder", choices=("greedy", "beam"),
-                     help="greedy, or beam search (default: beam when --lm or --hotword is given, else greedy)")
+                     help="greedy, or beam search (default: beam when --lm or --hotword is given, else greedy); "
+                          "beam search uses the model's own LM when it ships one")
     dec.add_argument("--beam-width", type=int, default=64, metavar="N")
     dec.add_argument("--lm", metavar="FILE", help="KenLM language model (ARPA or binary; `w2v lm build` makes one)")
+    dec.add_argument("--no-lm", action="store_true", help="beam search without the model's own LM")
     dec.add_argument("--unigrams", metavar="FILE", help="the LM's word list (default: beside the LM)")
-    dec.add_argument("--alpha", type=float, default=0.5, help="LM weight (default 0.5)")
-    dec.add_argument("--beta", type=float, default=1.0, help="word insertion bonus (default 1.0)")
+    dec.add_argument("--alpha", type=float, help="LM weight (default: the model card's tuned value for its "
+                                                   "own LM, else 0.5)")
+    dec.add_argument("--beta", type=float, help="word insertion bonus (default: tuned value, else 1.0)")
     dec.add_argument("--hotword", action="append", default=[], metavar="WORD", help="boost a word or phrase (repeatable)")
     dec.add_argument("--hotword-weight", type=float, default=10.0, metavar="X")
     out = p.add_argument_group("output")
@@ -184,7 +187,7 @@ class _Progress:
 # ---------------------------------------------------------------------------- command
 def cmd_transcribe(args) -> int:
     from w2v_serve.cli import CommandError
-    from w2v_serve.decoding import DecoderOptions
+    from w2v_serve.decoding import options_for_model
     from w2v_serve.engine import EngineOptions
     from w2v_serve.model_dir import default_model_dir
     from w2v_serve.transcribe import Transcriber
@@ -198,10 +201,9 @@ def cmd_transcribe(args) -> int:
     if model is None:
         raise CommandError("no bundled default model in this installation yet; pass --model DIR "
                            "(a directory written by `w2v export CKPT --out DIR`)")
-    method = args.decoder or ("beam" if args.lm or args.hotword else "greedy")
-    decoder = DecoderOptions(method=method, beam_width=args.beam_width, lm=args.lm, unigrams=args.unigrams,
-                             alpha=args.alpha, beta=args.beta, hotwords=tuple(args.hotword),
-                             hotword_weight=args.hotword_weight)
+    decoder = options_for_model(model, method=args.decoder, beam_width=args.beam_width, lm=args.lm,
+                                no_lm=args.no_lm, unigrams=args.unigrams, alpha=args.alpha, beta=args.beta,
+                                hotwords=tuple(args.hotword), hotword_weight=args.hotword_weight)
     engine = EngineOptions(variant=args.variant, threads=args.threads, batch_size=args.batch_size,
                            window_s=args.window)
     transcriber = Transcriber(model, decoder=decoder, engine_options=engine)
