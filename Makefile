@@ -46,7 +46,7 @@ proto: setup
 
 demo: setup
 	@echo "reference:  $$(cat samples/sample.txt)"
-	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav --decoder beam --lm w2v_serve/models/default/lm.arpa
+	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav --decoder beam
 
 # The bundled default model, from nothing: corpus, training, export, LM, evaluation, bundle.
 # Resumable: every step keeps its output, the training run resumes from its last checkpoint.
@@ -58,7 +58,7 @@ default-model: setup
 	# Stage 2 sees every usable training sentence; synth is deterministic, the first 10000 stay.
 	$(W2V) data synth --out data/synth --train 14652 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune_more.yaml
-	$(W2V) export $(RUN)/finetune_more/checkpoint_last.pt --out $(RUN)/export
+	$(W2V) export $(RUN)/finetune_more/checkpoint_last.pt --out $(RUN)/export --int8
 	$(W2V) lm build data/synth/train.wrd --order 3 --lexicon $(LEXICON) --out $(RUN)/lm/lm.arpa
 	$(PY) -m training.bundle --model $(RUN)/export --corpus data/synth --lm $(RUN)/lm/lm.arpa \
 	  --train-dir $(RUN)/finetune --train-dir $(RUN)/finetune_more --out w2v_serve/models/default

@@ -147,7 +147,8 @@ class OfflineModel:
             def _open_session(self, path):  # the acoustic work goes to Triton, not a local session
                 return _BLSSession(acoustic)
 
-        self.engine = _TritonEngine(_model_dir(args, params))
+        self.model_dir = _model_dir(args, params)
+        self.engine = _TritonEngine(self.model_dir)
         lm = params.get("lm") or None
         if lm and not Path(lm).is_absolute():
             lm = str((Path(args["model_repository"]) / lm).resolve())
@@ -157,12 +158,14 @@ class OfflineModel:
 
     def _transcriber(self, method: str, beam_width: int):
         """One Transcriber per decoder setting, all on the same (Triton-backed) engine."""
-        from w2v_serve.decoding import DecoderOptions
+        from w2v_serve.decoding import options_for_model
         from w2v_serve.transcribe import Transcriber
 
         key = (method, beam_width)
         if key not in self._transcribers:
-            options = DecoderOptions(method=method, beam_width=beam_width, lm=self.lm if method == "beam" else None)
+            # Beam search: the configured LM, else the one the model ships (with its tuned weights).
+            options = options_for_model(self.model_dir, method=method, beam_width=beam_width,
+                                        lm=self.lm if method == "beam" else None)
             self._transcribers[key] = Transcriber(decoder=options, engine=self.engine)
         return self._transcribers[key]
 
