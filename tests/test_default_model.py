@@ -12,7 +12,7 @@ import pytest
 from tests.serve_helpers import tiny_model_dir
 from tests.test_decoding import TINY_ARPA
 from w2v_serve.cli import main as w2v
-from w2v_serve.decoding import BEAM, DEFAULT_ALPHA, DEFAULT_BETA, GREEDY, options_for_model
+from w2v_serve.decoding import BEAM, DEFAULT_ALPHA, DEFAULT_BETA, GREEDY, DecoderError, options_for_model
 from w2v_serve.model_dir import ModelDirectory, ModelDirError, default_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,8 @@ def test_beam_search_uses_the_shipped_lm_with_its_tuned_weights(model_with_lm, t
     # Greedy stays the default, and --no-lm turns the shipped LM off.
     assert options_for_model(model_with_lm).method == GREEDY
     assert options_for_model(model_with_lm, method=BEAM, no_lm=True).lm is None
+    with pytest.raises(DecoderError, match="contradict"):
+        options_for_model(model_with_lm, lm=str(other), no_lm=True)
     # A model without an LM: beam search has none.
     assert options_for_model(tiny_model_dir(), method=BEAM).lm is None
 

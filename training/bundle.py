@@ -17,6 +17,7 @@ from pathlib import Path
 
 from training.evaluate import evaluate
 from w2v_serve.decoding import DEFAULT_ALPHA, DEFAULT_BETA, DecoderOptions
+from w2v_serve.lm import unigrams_path_for
 from w2v_serve.model_dir import ModelDirectory
 
 BEAM_WIDTH = 64
@@ -69,7 +70,7 @@ def bundle(model_dir: Path, corpus: Path, out: Path, lm: Path | None, train_dirs
     if lm is not None:
         tuned = tune_lm(model_dir, corpus / "dev.tsv", lm, limit) if tune else {"alpha": DEFAULT_ALPHA,
                                                                                  "beta": DEFAULT_BETA}
-        unigrams = lm.with_name(lm.stem + ".unigrams.txt")
+        unigrams = unigrams_path_for(lm)
         decoding = {"lm": lm.name, "unigrams": unigrams.name if unigrams.exists() else None,
                     "alpha": tuned["alpha"], "beta": tuned["beta"], "beam_width": BEAM_WIDTH,
                     "tuned_on": "dev set WER" if tune else "not tuned (pyctcdecode defaults)",

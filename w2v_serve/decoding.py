@@ -117,14 +117,14 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
     directory = ModelDirectory.load(model_dir)
     shipped = directory.shipped_lm
     hotwords = tuple(rest.get("hotwords") or ())
+    if lm and no_lm:
+        raise DecoderError("--lm and --no-lm contradict each other")
     if method is None:
         method = BEAM if (lm or hotwords) else GREEDY
     if method == BEAM and lm is None and shipped is not None and not no_lm:
         lm = str(shipped)
     tuned = shipped is not None and lm is not None and Path(lm).resolve() == shipped.resolve()
     card = directory.card.decoding if tuned else {}
-    if lm is not None and tuned and rest.get("unigrams") is None and card.get("unigrams"):
-        rest["unigrams"] = str(directory.path / card["unigrams"])
     return DecoderOptions(method=method, lm=lm,
                           alpha=alpha if alpha is not None else float(card.get("alpha", DEFAULT_ALPHA)),
                           beta=beta if beta is not None else float(card.get("beta", DEFAULT_BETA)),
