@@ -52,3 +52,16 @@ def test_lexicon_words_become_unigrams_below_every_word_of_the_text(tmp_path):
     # "the" came from the text, not the lexicon, and keeps its estimated probability.
     assert model.score("the", bos=False, eos=False) > -2
     assert min(model.score(w, bos=False, eos=False) for w in ("bat", "sat", "mat", "dog")) > lexicon_only
+
+
+def test_a_missing_or_empty_lexicon_is_reported(tmp_path, capsys):
+    text = tmp_path / "domain.txt"
+    text.write_text("the cat sat\n" * 5)
+    out = tmp_path / "x.arpa"
+    assert w2v(["lm", "build", str(text), "--out", str(out), "--lexicon", str(tmp_path / "nope")]) == 2
+    assert "cannot read the lexicon" in capsys.readouterr().err
+    empty = tmp_path / "words"
+    empty.write_text("two words\n...\n")
+    assert w2v(["lm", "build", str(text), "--out", str(out), "--lexicon", str(empty)]) == 2
+    assert "holds no words" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("x.arpa*"))   # nothing half-written

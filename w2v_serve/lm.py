@@ -104,6 +104,7 @@ def build_lm(texts: Iterable[str | Path], out: str | Path, *, order: int = 3, ca
     if smoothing not in SMOOTHING:
         raise LMBuildError(f"unknown smoothing {smoothing!r}; choose one of {', '.join(SMOOTHING)}")
     out = Path(out)
+    extra_words = read_lexicon(lexicon, case) if lexicon is not None else set()  # fail before the toolkit runs
     home = find_irstlm()
     env = dict(os.environ, IRSTLM=str(home), PATH=f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     with tempfile.TemporaryDirectory(prefix="w2v-lm-") as tmp:
@@ -131,8 +132,8 @@ def build_lm(texts: Iterable[str | Path], out: str | Path, *, order: int = 3, ca
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".tmp")
         _run([str(home / "bin" / "compile-lm"), str(tmp / "lm.gz"), "--text=yes", str(partial)], env, "compile-lm")
-        if lexicon is not None:
-            vocabulary |= add_lexicon_unigrams(partial, read_lexicon(lexicon, case), lexicon_logprob)
+        if extra_words:
+            vocabulary |= add_lexicon_unigrams(partial, extra_words, lexicon_logprob)
         partial.replace(out)
     unigrams = unigrams_path_for(out)
     unigrams.write_text("".join(w + "\n" for w in sorted(vocabulary)), encoding="utf-8")
