@@ -20,8 +20,6 @@ WORKDIR /opt/w2v
 # The runtime only: no torch, no training code is needed to serve.
 COPY pyproject.toml README.md ./
 COPY w2v_serve ./w2v_serve
-COPY training/__init__.py ./training/__init__.py
-COPY export/__init__.py export/triton_repo.py ./export/
 COPY model_repository ./model_repository
 RUN python3 -m pip install --upgrade pip \
  && python3 -m pip install . \
@@ -31,7 +29,7 @@ RUN python3 -m pip install --upgrade pip \
 ARG MODEL_DIR=w2v_serve/models/default
 ARG ACOUSTIC_BACKEND=onnxruntime
 COPY ${MODEL_DIR} /opt/w2v/model
-RUN python3 -c "from export.triton_repo import write_repository; \
+RUN python3 -c "from w2v_serve.triton.repository import write_repository; \
 write_repository('/opt/w2v/model', '/models', native='${ACOUSTIC_BACKEND}')"
 
 COPY docker/entrypoint.sh /usr/local/bin/w2v-entrypoint
@@ -40,5 +38,5 @@ RUN chmod +x /usr/local/bin/w2v-entrypoint
 # 8000/8001/8002: Triton HTTP / gRPC / metrics; 50051: w2v gRPC service; 9100: its metrics.
 EXPOSE 8000 8001 8002 50051 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-  CMD curl -fsS localhost:8000/v2/health/ready && python3 -m w2v_serve.healthcheck localhost:50051 || exit 1
+  CMD curl -fsS localhost:8000/v2/health/ready && python3 -m w2v_serve.service.healthcheck localhost:50051 || exit 1
 ENTRYPOINT ["/usr/local/bin/w2v-entrypoint"]

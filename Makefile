@@ -4,7 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # fortunes (sentences) and wamerican (a word list for the LM) feed the default-model recipe.
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican
+# `w2v data synth` speaks with espeak-ng, flite and festival (festvox-*: festival's English voices;
+# the *16k ones, whose 8k twins conflict with them) and may take WordNet's example sentences.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican \
+                   flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base
+FESTIVAL_VOICES := /usr/share/festival/voices/english/kal_diphone /usr/share/festival/voices/english/ked_diphone \
+                   /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
 LEXICON := /usr/share/dict/american-english
 
 .PHONY: setup sysdeps test bench demo proto clean
@@ -14,6 +19,10 @@ sysdeps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing=1; \
 	command -v sox >/dev/null || missing=1; \
+	command -v flite >/dev/null || missing=1; \
+	command -v festival >/dev/null || missing=1; \
+	for d in $(FESTIVAL_VOICES); do [ -d $$d ] || missing=1; done; \
+	[ -f /usr/share/wordnet/data.noun ] || missing=1; \
 	[ -x /usr/lib/irstlm/bin/build-lm.sh ] || [ -x /usr/bin/build-lm.sh ] || missing=1; \
 	[ -d /usr/share/games/fortunes ] && [ -f $(LEXICON) ] || missing=1; \
 	if [ -n "$$missing" ]; then \
@@ -34,29 +43,31 @@ $(STAMP): pyproject.toml
 
 setup: sysdeps $(STAMP)
 
+# lint-imports first: the layout's contracts (pyproject [tool.importlinter]) fail fast.
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) -m bench
 
-# The gRPC API's generated code (committed) from w2v_serve/proto/w2v.proto.
+# The gRPC API's generated code (committed) from w2v_serve/service/proto/w2v.proto.
 proto: setup
-	$(PY) -m w2v_serve.proto.generate
+	$(PY) -m w2v_serve.service.proto.generate
 
 demo: setup
 	@echo "reference:  $$(cat samples/sample.txt)"
-	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav --decoder beam
+	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav
 
 # The bundled default model, from nothing: corpus, training, export, LM, evaluation, bundle.
 # Resumable: every step keeps its output, the training run resumes from its last checkpoint.
 W2V := $(VENV)/bin/w2v
 RUN := runs/default_model
 default-model: setup
-	$(W2V) data synth --out data/synth --train 10000 --dev 300 --test 300 --seed 0
+	$(W2V) data synth --out data/synth --engines espeak-ng --train 10000 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune.yaml
 	# Stage 2 sees every usable training sentence; synth is deterministic, the first 10000 stay.
-	$(W2V) data synth --out data/synth --train 14652 --dev 300 --test 300 --seed 0
+	$(W2V) data synth --out data/synth --engines espeak-ng --train 14652 --dev 300 --test 300 --seed 0
 	$(W2V) finetune configs/default_model/finetune_more.yaml
 	$(W2V) export $(RUN)/finetune_more/checkpoint_last.pt --out $(RUN)/export --int8
 	$(W2V) lm build data/synth/train.wrd --order 3 --lexicon $(LEXICON) --out $(RUN)/lm/lm.arpa

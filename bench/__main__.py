@@ -2,6 +2,7 @@
 
     python -m bench                 # all
     python -m bench export pretrain # bench_export.py and bench_pretrain.py only
+    python -m bench engine --quick  # names, then options for their main(argv)
 
 Results are printed and written to ``bench/results/<name>.json`` with the machine's description.
 """
@@ -33,6 +34,9 @@ def machine() -> dict:
 
 def main(argv: list[str]) -> int:
     names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    # Benchmark names first; everything from the first "-..." on is options for them.
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    argv, options = argv[:first_option], argv[first_option:]
     chosen = argv or names
     unknown = [n for n in chosen if n not in names]
     if unknown:
@@ -45,13 +49,14 @@ def main(argv: list[str]) -> int:
         print(f"\n=== bench {name} ===", flush=True)
         start = time.time()
         try:
-            result = importlib.import_module(f"bench.bench_{name}").main()
+            module = importlib.import_module(f"bench.bench_{name}")
+            result = module.main(options) if options else module.main()
         except Exception as e:  # one broken benchmark does not hide the others
             print(f"bench {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(name)
             continue
         record = {"bench": name, "machine": machine(), "seconds": round(time.time() - start, 1),
-                  "command": f"make bench  (or: python -m bench {name})", "result": result}
+                  "command": f"python -m bench {' '.join([name, *options])}", "result": result}
         (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 1 if failed else 0
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import evaluate, normalize_for_scoring
+from training.evaluate import evaluate
+from w2v_serve.scoring import normalize_for_scoring
 from training.manifest import read_manifest
-from training.metrics import error_counts
+from w2v_serve.scoring import error_counts
 from w2v_serve.audio import load_audio
 from w2v_serve.decoding import options_for_model
 from w2v_serve.model_dir import default_model_dir

@@ -21,77 +21,17 @@ from typing import Callable
 
 import numpy as np
 
+from bench.timing import (GEMM_SHAPE, GFLOP_PER_AUDIO_SECOND, cpu_session, floor_from_gemm,
+                          harmonic_audio, interleaved, ort_gemm, torch_gemm_rate)
+
 THREADS = 2
 AUDIO_SECONDS = 10.0
-SAMPLE_RATE = 16000
 ROUNDS = 7
-GFLOP_PER_AUDIO_SECOND = 14.1  # wav2vec2 BASE forward, conv encoder + transformer
 VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|") + tuple("ETAONIHSRDLUMWCFGYPBVKJXQZ'")
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-GEMM_SHAPE = (499, 768, 3072)   # the transformer's FFN product for 10 s of audio
-GEMM_REPS = 10                   # products per timed call (about 23.5 GFLOP)
-
-
-def ort_gemm(tmp: Path) -> tuple[Callable[[], object], float]:
-    """An ONNX Runtime fp32 MatMul on THREADS threads: (call running GEMM_REPS products, FLOP per call)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    m, k, n = GEMM_SHAPE
-    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
-    path = tmp / "gemm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-    sess = _session(path)
-    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-
-    def run() -> None:
-        for _ in range(GEMM_REPS):
-            sess.run(None, {"x": x})
-
-    return run, 2.0 * m * k * n * GEMM_REPS
-
-
-def torch_gemm_rate() -> float:
-    """torch's fp32 matrix product (square 2048) GFLOP/s, best of 5, for comparison."""
-    import torch
-
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048**3 / _best_seconds(lambda: a @ b) / 1e9
-
-
-def _audio() -> np.ndarray:
-    """10 s of harmonic bursts in noise (speech-like level and structure)."""
-    rng = np.random.default_rng(0)
-    n = int(AUDIO_SECONDS * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    x = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-    x = x + 0.1 * rng.standard_normal(n)
-    return (0.5 * x / np.abs(x).max()).astype(np.float32)[None]
+    return cpu_session(path, THREADS)
 
 
 def main() -> dict:
@@ -109,7 +49,7 @@ def main() -> dict:
     load_before = os.getloadavg()
     ours = wav2vec2_base(vocab_size=len(VOCAB)).eval()
     reference = Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=len(VOCAB))).eval()
-    audio = _audio()
+    audio = harmonic_audio(AUDIO_SECONDS)
     lengths = np.array([audio.shape[1]], dtype=np.int64)
     audio_t, lengths_t = torch.from_numpy(audio), torch.from_numpy(lengths)
 
@@ -122,7 +62,7 @@ def main() -> dict:
         fp32 = _session(model_dir.graph_path("model", "fp32"))
         int8 = _session(model_dir.graph_path("model", "int8"))
         feed = {"audio": audio, "lengths": lengths}
-        gemm, gemm_flop = ort_gemm(tmp)
+        gemm, gemm_flop = ort_gemm(tmp, THREADS)
         systems: dict[str, Callable[[], object]] = {
             "gemm": gemm,  # timed every round too, so the floor sees the same load as the models
             "onnxruntime_fp32": lambda: fp32.run(None, feed),
@@ -130,22 +70,13 @@ def main() -> dict:
             "pytorch_eager_ours": lambda: ours(audio_t, lengths_t),
             "transformers_eager": lambda: reference(audio_t),
         }
-        times: dict[str, list[float]] = {name: [] for name in systems}
         with torch.inference_mode():
-            for fn in systems.values():
-                fn()  # warm-up: allocations, ORT's first-run planning
-            for _ in range(ROUNDS):
-                for name, fn in systems.items():
-                    start = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - start)
+            times = interleaved(systems, ROUNDS)
             torch_rate = torch_gemm_rate()
         card = model_dir.card
 
-    gemm_times = times.pop("gemm")
-    rates = [gemm_flop / t / 1e9 for t in gemm_times]
+    floor, rates = floor_from_gemm(times.pop("gemm"), gemm_flop)
     rtf = {name: statistics.median(t) / AUDIO_SECONDS for name, t in times.items()}
-    floor = GFLOP_PER_AUDIO_SECOND / statistics.median(rates)
     # Per round: the fp32 graph's time over that round's floor (both under the same load).
     paired = [t / (GFLOP_PER_AUDIO_SECOND * AUDIO_SECONDS / r) for t, r in zip(times["onnxruntime_fp32"], rates)]
     result = {

@@ -45,7 +45,8 @@ def main() -> dict:
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     from training.losses import diversity_loss
-    from training.pretrain import draw_pretrain_inputs, frame_lengths_of, pretrain_terms
+    from training.pretrain import draw_pretrain_inputs, pretrain_terms
+    from training.task import frame_lengths_of
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg, ref, ours = _models()

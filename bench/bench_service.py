@@ -52,7 +52,6 @@ VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029", "en-us+m3", 
 
 def _speech(work: Path, n_files: int = 8) -> list[np.ndarray]:
     """~25 s recordings: sentences by different voices with 0.7 s pauses (16 kHz float32)."""
-    import soundfile as sf
 
     rng = random.Random(1)
     pause = np.zeros(int(0.7 * 16000), np.float32)
@@ -89,9 +88,9 @@ class _Stream(threading.Thread):
     def run(self) -> None:
         import grpc
 
-        from w2v_serve.client import result_dict
-        from w2v_serve.proto import w2v_pb2 as pb
-        from w2v_serve.proto import w2v_pb2_grpc as pb_grpc
+        from w2v_serve.service.client import result_dict
+        from w2v_serve.service.proto import w2v_pb2 as pb
+        from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
 
         time.sleep(self.delay_s)
         channel = grpc.insecure_channel(self.address)
@@ -155,7 +154,7 @@ def main() -> dict:
     import psutil
 
     from tests.serve_helpers import tiny_model_dir
-    from w2v_serve.triton_launcher import free_port
+    from w2v_serve.triton.launcher import free_port
 
     work = Path(tempfile.mkdtemp(prefix="w2v-bench-service-"))
     recordings = _speech(work)

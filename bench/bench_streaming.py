@@ -82,9 +82,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 def accuracy_vs_offline(model_dir: Path, settings: dict, limit: int = 150) -> dict:
     """Greedy WER/CER of each window setting vs offline on the held-out synthetic test set."""
-    from training.evaluate import normalize_for_scoring as norm
+    from w2v_serve.scoring import normalize_for_scoring as norm
     from training.manifest import read_manifest
-    from training.metrics import error_counts
+    from w2v_serve.scoring import error_counts
     from w2v_serve.audio import load_audio
     from w2v_serve.transcribe import Transcriber
 

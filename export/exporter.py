@@ -174,18 +174,16 @@ def _new_card(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], op
 
 
 def _w2v_version() -> str:
-    from w2v_serve.cli import _version
+    from w2v_serve import version
 
-    return _version()
+    return version()
 
 
 # ---------------------------------------------------------------------------- checks
 def _session(path: Path):
-    import onnxruntime as ort
+    from w2v_serve.sessions import CPU_ONLY, open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_session(path, providers=CPU_ONLY)
 
 
 def _parity(path: Path, model: Wav2Vec2Model, seed: int, batches: Optional[tuple] = None) -> dict[str, Any]:
@@ -264,7 +262,7 @@ def _print_summary(out: Path) -> None:
 
 def _write_repository(model_dir: Path, repository: Path) -> None:
     """``--repository DIR``: also write a Triton model repository around the model directory."""
-    from export.triton_repo import write_repository
+    from w2v_serve.triton.repository import write_repository
 
     write_repository(model_dir, repository)
     print(f"wrote Triton model repository {repository}")

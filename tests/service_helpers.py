@@ -11,9 +11,9 @@ from typing import Optional
 import grpc
 import numpy as np
 
-from w2v_serve.client import result_dict
-from w2v_serve.proto import w2v_pb2 as pb
-from w2v_serve.proto import w2v_pb2_grpc as pb_grpc
+from w2v_serve.service.client import result_dict
+from w2v_serve.service.proto import w2v_pb2 as pb
+from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
 
 _END = object()
 

@@ -48,7 +48,8 @@ def test_two_gloo_processes_equal_one_process_on_the_joined_batch(corpus, tmp_pa
     # One process, the same initial weights, each update on the two halves joined.
     from training.data import PretrainCollater
     from training.pretrain import PretrainDraws, PretrainTask
-    from training.trainer import DistContext, Trainer
+    from training.task import DistContext
+    from training.trainer import Trainer
 
     cfg = ddp_config(str(corpus), str(tmp_path / "single"))
     torch.manual_seed(cfg.run.seed)

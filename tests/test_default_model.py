@@ -41,8 +41,12 @@ def test_beam_search_uses_the_shipped_lm_with_its_tuned_weights(model_with_lm, t
     other.write_text(TINY_ARPA)
     o = options_for_model(model_with_lm, lm=str(other))
     assert (o.method, o.lm, o.alpha, o.beta) == (BEAM, str(other), DEFAULT_ALPHA, DEFAULT_BETA)
-    # Greedy stays the default, and --no-lm turns the shipped LM off.
-    assert options_for_model(model_with_lm).method == GREEDY
+    # A model that ships an LM is decoded with it by default; greedy is one flag away, and
+    # --no-lm turns the shipped LM off (greedy by default then, beam without an LM when asked).
+    o = options_for_model(model_with_lm)
+    assert (o.method, o.lm, o.alpha, o.beta) == (BEAM, shipped, 0.9, 2.5)
+    assert (options_for_model(model_with_lm, method=GREEDY).method, options_for_model(model_with_lm, method=GREEDY).lm) == (GREEDY, None)
+    assert options_for_model(model_with_lm, no_lm=True).method == GREEDY
     assert options_for_model(model_with_lm, method=BEAM, no_lm=True).lm is None
     with pytest.raises(DecoderError, match="contradict"):
         options_for_model(model_with_lm, lm=str(other), no_lm=True)
@@ -81,7 +85,10 @@ def test_the_bundled_model_card_records_data_training_and_results(bundled):
 
 def test_make_demo_sample_transcribes_right_with_the_shipped_lm(bundled, capsys):
     """What `make demo` prints: the bundled sample (a held-out test utterance, a voice setting
-    never used in training) through beam search with the model's own LM."""
+    never used in training) through beam search with the model's own LM, which is the default
+    for a model that ships one: no decoder flag needed (the same as `--decoder beam`)."""
     reference = (ROOT / "samples" / "sample.txt").read_text().strip()
+    assert w2v(["transcribe", str(SAMPLE)]) == 0
+    assert capsys.readouterr().out.strip() == reference
     assert w2v(["transcribe", str(SAMPLE), "--decoder", "beam"]) == 0
     assert capsys.readouterr().out.strip() == reference

@@ -20,7 +20,7 @@ def test_dockerfile_copies_existing_files():
 
 
 def test_native_repository_configs(tmp_path):
-    from export.triton_repo import NATIVE_CONFIGS, write_repository
+    from w2v_serve.triton.repository import NATIVE_CONFIGS, write_repository
     from tests.serve_helpers import tiny_model_dir
 
     repo = write_repository(tiny_model_dir("attention"), tmp_path / "repo", native="onnxruntime")

@@ -13,12 +13,13 @@ from w2v_serve.model_dir import ModelDirectory
 
 
 def test_providers_fall_back_to_what_this_build_has():
-    engine = Engine(tiny_model_dir("attention"))
+    engine = Engine(tiny_model_dir("attention"), EngineOptions(runtime="onnxruntime"))
     available = ort.get_available_providers()
     assert engine.providers[-1] == "CPUExecutionProvider"
     assert all(p in available for p in engine.providers)
     # Asking for TensorRT/CUDA on a CPU-only build still gives a working engine.
-    forced = Engine(tiny_model_dir("attention"), EngineOptions(providers=("TensorrtExecutionProvider",), threads=1))
+    forced = Engine(tiny_model_dir("attention"), EngineOptions(providers=("TensorrtExecutionProvider",), threads=1,
+                                                               runtime="onnxruntime"))
     assert forced.providers == ("CPUExecutionProvider",) or "TensorrtExecutionProvider" in available
     assert forced.session.get_session_options().intra_op_num_threads == 1
 

@@ -56,7 +56,8 @@ def test_finetuning_overfits_espeak_utterances(corpus, tmp_path):
 def test_freezing_and_initialization_from_a_pretrained_checkpoint(corpus, tmp_path):
     from training.finetune import FinetuneTask
     from training.model import Wav2Vec2Model
-    from training.trainer import DistContext, Trainer
+    from training.task import DistContext
+    from training.trainer import Trainer
 
     # A "pre-trained" checkpoint: a quantizer model with its own random weights.
     pre_cfg = load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path)).model.build(quantizer=True)
@@ -115,14 +116,17 @@ def test_ctc_loss_matches_reference_and_zero_infinity():
 
 
 def test_greedy_decode_and_error_rates():
-    from training.metrics import edit_distance, error_counts, greedy_decode
+    from training.finetune import greedy_transcripts
+    from w2v_serve.decoding import CTCDecoder
+    from w2v_serve.scoring import edit_distance, error_counts
     from w2v_serve.vocab import Vocabulary
 
     vocab = Vocabulary.from_characters("abc")
+    decoder = CTCDecoder(vocab)  # the runtime's greedy decoder, as fine-tuning's dev evaluation uses it
     ids = [vocab.index(t) for t in ["a", "a", "<pad>", "a", "|", "b", "b", "c", "<pad>"]]
     logits = F.one_hot(torch.tensor([ids]), len(vocab)).float()
-    assert greedy_decode(logits, torch.tensor([9]), vocab) == ["aa bc"]
-    assert greedy_decode(logits, torch.tensor([5]), vocab) == ["aa"]
+    assert greedy_transcripts(decoder, logits, torch.tensor([9])) == ["aa bc"]
+    assert greedy_transcripts(decoder, logits, torch.tensor([5])) == ["aa"]
     assert edit_distance("kitten", "sitting") == 3
     counts = error_counts(["aa bc"], ["aa bd"])
     assert counts == {"char_errors": 1, "chars": 5, "word_errors": 1, "words": 2}

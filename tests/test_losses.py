@@ -166,3 +166,16 @@ def test_quantizer_eval_is_plain_argmax():
     z = torch.randn(3, 4, 12)
     out = quantizer(z)
     assert torch.equal(out.codes, out.logits.argmax(-1))
+
+
+# ---------------------------------------------------------------- logging helpers (fairseq's units)
+def test_loss_in_bits_and_code_perplexity_from_counts():
+    from training.losses import code_perplexity, nats_to_bits
+
+    # fairseq's wav2vec criterion logs loss / sample_size / math.log(2).
+    assert math.isclose(nats_to_bits(3 * math.log(2)), 3.0)
+    assert torch.allclose(nats_to_bits(torch.tensor([math.log(2), 0.0])), torch.tensor([1.0, 0.0]))
+    # Counts of argmax(l) per entry, e.g. summed over processes: each group normalized by its total.
+    counts = torch.tensor([[5.0, 5.0, 0.0, 0.0], [0.0, 0.0, 7.0, 0.0]])
+    assert math.isclose(code_perplexity(counts).item(), 2.0 + 1.0, rel_tol=1e-5)
+    assert math.isclose(code_perplexity(counts * 3).item(), code_perplexity(counts).item(), rel_tol=1e-6)

@@ -129,3 +129,54 @@ def test_rows_with_too_few_masked_steps_point_at_themselves():
     neg = sample_negatives(mask, 7, torch.Generator().manual_seed(0))
     assert (neg[0, 3] == 3).all()
     assert set(neg[1, 2].tolist()) <= {3, 4}
+
+
+# ---------------------------------------------------------------- require_same_masks (fairseq)
+def test_require_same_masks_gives_every_row_the_smallest_count():
+    """fairseq's compute_mask_indices(require_same_masks=True): rows keep a random subset of their
+    masked steps, the smallest row's count; the spans themselves are drawn as without it."""
+    lengths = torch.tensor([200, 57, 120, 31])
+    for seed in range(20):
+        free = time_mask(lengths, 200, 0.65, 10, 2, torch.Generator().manual_seed(seed))
+        same = time_mask(lengths, 200, 0.65, 10, 2, torch.Generator().manual_seed(seed), require_same_masks=True)
+        counts = same.sum(1)
+        assert (counts == free.sum(1).min()).all(), (counts, free.sum(1))
+        assert not (same & ~free).any(), "a step outside the drawn spans was masked"
+        for b, n in enumerate(lengths.tolist()):
+            assert not same[b, n:].any()
+    # Equal lengths too (pre-training crops a batch to its shortest row): counts still equal.
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mask = time_mask(torch.full((8,), 150), 150, 0.65, 10, 2, gen, require_same_masks=True)
+        assert len(set(mask.sum(1).tolist())) == 1
+
+
+def test_require_same_masks_drops_steps_uniformly():
+    """The steps a row gives up are uniform over its masked steps (chi-square), not its last spans."""
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    mask[0, 0:20] = True                 # 20 masked steps, must drop to 10
+    mask[1, 5:15] = True                 # 10 masked steps
+    from training.masking import same_count
+
+    gen = torch.Generator().manual_seed(0)
+    kept = torch.zeros(40)
+    n = 4000
+    for _ in range(n):
+        m = same_count(mask, gen)
+        assert m.sum(1).tolist() == [10, 10] and torch.equal(m[1], mask[1])
+        kept += m[0].float()
+    observed = kept[:20]
+    p = 10 / 20                          # each step is kept with probability 1/2 in every draw
+    # Σ (o − np)² / (np(1 − p)): the counts sum to 10n, so about chi-square with 19 dof.
+    chi2 = ((observed - n * p) ** 2 / (n * p * (1 - p))).sum().item()
+    assert chi2 < 43.8, chi2             # chi-square 19 dof, p = 1e-3
+    assert kept[20:].sum() == 0
+
+
+def test_require_same_masks_is_a_model_config_key():
+    from training.config import ModelConfig
+    from training.train_config import PretrainConfig, load_config
+
+    assert ModelConfig().require_same_masks is True          # fairseq's default
+    cfg = load_config(PretrainConfig, None, ["model.require_same_masks=false"])
+    assert cfg.model.build().require_same_masks is False

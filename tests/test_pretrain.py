@@ -72,7 +72,8 @@ def test_small_pretraining_learns_without_collapse(corpus, tmp_path):
 
 def _trainer(corpus: Path, save: Path, *extra: str):
     from training.pretrain import PretrainTask
-    from training.trainer import DistContext, Trainer
+    from training.task import DistContext
+    from training.trainer import Trainer
 
     cfg = load_config(PretrainConfig, CONFIG, overrides(corpus, save, *extra))
     torch.manual_seed(cfg.run.seed)
@@ -108,7 +109,7 @@ def test_collapsed_codebook_raises_the_alarm(corpus, tmp_path):
 def test_interrupted_and_resumed_run_is_bit_identical(corpus, tmp_path):
     """SIGINT after update 3 (a real signal): the run finishes that update, saves and stops; the
     same command resumes and ends exactly where an uninterrupted run ends."""
-    from training.trainer import run_training
+    from training.commands import run_training
 
     # Dropout and a corrupt file in the data exercise the RNG and the skip path.
     data = tmp_path / "data"

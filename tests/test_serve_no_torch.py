@@ -8,7 +8,8 @@ import sys
 CHECK = """
 import importlib, pkgutil, sys
 import w2v_serve
-names = sorted(m.name for m in pkgutil.walk_packages(w2v_serve.__path__, "w2v_serve."))
+names = sorted(m.name for m in pkgutil.walk_packages(w2v_serve.__path__, "w2v_serve.")
+               if not m.name.endswith(".__main__"))   # running those starts the command
 for name in names:
     importlib.import_module(name)
     if "torch" in sys.modules:

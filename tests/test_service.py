@@ -12,13 +12,11 @@ Two in-process servers on tiny exported models:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -28,10 +26,10 @@ import soundfile as sf
 from tests.conftest import speech_like
 from tests.serve_helpers import espeak, tiny_model_dir
 from tests.service_helpers import DrivenStream, audio_request, float32_config, metric, wait_for
-from w2v_serve.backend_embedded import EmbeddedBackend
-from w2v_serve.client import RecognizerClient, RecognizerError, final_text
-from w2v_serve.proto import w2v_pb2 as pb
-from w2v_serve.service import ServiceLimits, ThreadedServer
+from w2v_serve.service.backends.embedded import EmbeddedBackend
+from w2v_serve.service.client import RecognizerClient, RecognizerError, final_text
+from w2v_serve.service.proto import w2v_pb2 as pb
+from w2v_serve.service.server import ServiceLimits, ThreadedServer
 from w2v_serve.streaming import StreamingConfig
 from w2v_serve.transcribe import Transcriber
 
@@ -375,7 +373,7 @@ def test_generated_code_is_reproducible_from_the_proto(tmp_path):
     """`make proto` regenerates exactly the committed modules (with the grpcio-tools that made them)."""
     from importlib.metadata import version
 
-    from w2v_serve.proto import generate, w2v_pb2_grpc
+    from w2v_serve.service.proto import generate, w2v_pb2_grpc
 
     if version("grpcio-tools") != w2v_pb2_grpc.GRPC_GENERATED_VERSION:
         pytest.skip(f"grpcio-tools {version('grpcio-tools')} is not the {w2v_pb2_grpc.GRPC_GENERATED_VERSION} "

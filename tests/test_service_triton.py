@@ -11,27 +11,28 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from tests.conftest import speech_like
 from tests.serve_helpers import tiny_model_dir
 from tests.service_helpers import DrivenStream, audio_request, float32_config, wait_for
-from w2v_serve.client import RecognizerClient, final_text
-from w2v_serve.service import ThreadedServer
+from w2v_serve.service.client import RecognizerClient, final_text
+from w2v_serve.service.server import ThreadedServer
 from w2v_serve.transcribe import Transcriber
 
 pytest.importorskip("tritonclient.grpc")
 STREAM_PARAMS = dict(chunk_ms=400, left_context_ms=60000, right_context_ms=60000, endpoint_ms=60000)
+ROOT = Path(__file__).resolve().parent.parent
 AUDIO = speech_like(16000 * 2 + 321, seed=4, scale=0.5)
 
 
 @pytest.fixture(scope="module")
 def tritons(tmp_path_factory):
-    from export.triton_repo import write_repository
-    from w2v_serve.triton_launcher import TritonServer, TritonError, free_port
+    from w2v_serve.triton.repository import write_repository
+    from w2v_serve.triton.launcher import TritonServer, TritonError, free_port
 
     repo = write_repository(tiny_model_dir("attention"), tmp_path_factory.mktemp("repo"),
                             streaming=STREAM_PARAMS, idle_timeout_s=30)
@@ -57,7 +58,7 @@ def offline_text():
 
 
 def _backend(urls, **kw):
-    from w2v_serve.backend_triton import TritonBackend
+    from w2v_serve.service.backends.triton import TritonBackend
 
     return TritonBackend(urls, **kw)
 
@@ -117,32 +118,53 @@ def test_failover_pins_streams_spreads_load_and_takes_a_silent_server_out(triton
             s.close()
 
 
+class _ServeProcess:
+    """`w2v serve ...` in a subprocess; its address once it logs "listening on"; SIGTERM ends it."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "w2v_serve.cli", "serve", "--port", "0", *args],
+                                     stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> str:
+        deadline = time.monotonic() + 180
+        for line in self.proc.stderr:
+            if "listening on" in line:
+                return line.split("listening on ")[1].split()[0]
+            assert time.monotonic() < deadline
+        raise AssertionError("the service did not start")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def test_serve_starts_a_local_tritonserver(tmp_path, offline_text):
     """`w2v serve --backend triton --model DIR` without --triton-url: a tritonserver of its own."""
-    proc = subprocess.Popen([sys.executable, "-m", "w2v_serve.cli", "serve", "--backend", "triton", "--model",
-                             str(tiny_model_dir("attention")), "--port", "0", "--chunk-ms", "400",
-                             "--left-context-ms", "60000", "--right-context-ms", "60000", "--endpoint-ms", "60000"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        address = None
-        deadline = time.monotonic() + 180
-        for line in proc.stderr:
-            if "listening on" in line:
-                address = line.split("listening on ")[1].split()[0]
-                break
-            assert time.monotonic() < deadline
-        assert address, "the service did not start"
+    serve = _ServeProcess("--backend", "triton", "--model", str(tiny_model_dir("attention")), "--chunk-ms", "400",
+                          "--left-context-ms", "60000", "--right-context-ms", "60000", "--endpoint-ms", "60000")
+    with serve as address:
         with RecognizerClient(address) as client:
             assert final_text(client.stream_audio(AUDIO, chunk_ms=250)) == offline_text
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        proc.kill()
-        proc.wait()
+        assert serve.stop() == 0
+
+
+def test_serve_triton_without_model_uses_the_bundled_model():
+    """`w2v serve --backend triton` with no --model serves the bundled default model, as the
+    embedded backend does, decoding as `w2v transcribe` does (beam search with its own LM)."""
+    sample = ROOT / "samples" / "sample.wav"
+    reference = (ROOT / "samples" / "sample.txt").read_text().strip()
+    serve = _ServeProcess("--backend", "triton")
+    with serve as address:
+        with RecognizerClient(address) as client:
+            assert client.recognize_file(sample)["text"] == reference
+        assert serve.stop() == 0
 
 
 def test_triton_backend_without_weights_says_so(tmp_path):
-    from w2v_serve.triton_launcher import DEFAULT_REPOSITORY
 
     empty = tmp_path / "repo"
     (empty / "acoustic" / "1").mkdir(parents=True)

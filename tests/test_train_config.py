@@ -118,3 +118,19 @@ def test_bucketed_batches_respect_the_cap_and_cover_everything():
     shards = [batcher.shard(1, r, 3) for r in range(3)]
     assert len({len(s) for s in shards}) == 1
     assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
+
+
+def test_python_m_training_runs_only_the_training_commands(capsys):
+    """`torchrun ... -m training pretrain CONFIG ...`: the w2v command line, pretrain/finetune only."""
+    import yaml
+
+    from training.__main__ import run
+
+    assert run(["pretrain", str(CONFIGS / "pretrain_small.yaml"), "optim.lr=1e-4", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 1e-4
+    assert run(["finetune", "optim.lr=3e-5", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 3e-5
+    for argv in (["transcribe", "x.wav"], []):
+        assert run(argv) == 2
+        err = capsys.readouterr().err
+        assert "choose pretrain or finetune" in err and "usage: python -m training" in err

@@ -1,7 +1,7 @@
 """The Triton repository on the real tritonserver (from the nvidia-pytriton wheel), over gRPC.
 
 One server for the module: the tiny exported model written into a repository by
-``export.triton_repo.write_repository`` with "enough context" streaming windows (60 s each side)
+``w2v_serve.triton.repository.write_repository`` with "enough context" streaming windows (60 s each side)
 and a 1.5 s idle timeout.
 """
 
@@ -17,7 +17,7 @@ from tests.conftest import speech_like
 from tests.serve_helpers import tiny_model_dir
 from w2v_serve.streaming import StreamingConfig, StreamingRecognizer
 from w2v_serve.transcribe import Transcriber
-from w2v_serve.triton_client import TritonClientError, TritonOfflineClient, TritonStream
+from w2v_serve.triton.client import TritonClientError, TritonOfflineClient, TritonStream
 
 tritonclient = pytest.importorskip("tritonclient.grpc")
 STREAM_PARAMS = dict(chunk_ms=400, left_context_ms=60000, right_context_ms=60000, endpoint_ms=60000)
@@ -26,8 +26,8 @@ IDLE_S = 1.5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from export.triton_repo import write_repository
-    from w2v_serve.triton_launcher import TritonServer, free_port
+    from w2v_serve.triton.repository import write_repository
+    from w2v_serve.triton.launcher import TritonServer, free_port
 
     repo = write_repository(tiny_model_dir("attention"), tmp_path_factory.mktemp("repo"),
                             streaming=STREAM_PARAMS, idle_timeout_s=IDLE_S)

@@ -46,6 +46,7 @@ class ModelConfig:
     mask_prob: float = 0.65
     mask_length: int = 10
     mask_min_masks: int = 2
+    require_same_masks: bool = True          # fairseq's: every row of a batch gets the same number of masked steps
     mask_channel_prob: float = 0.0
     mask_channel_length: int = 10
     # Quantizer and contrastive heads (pre-training); None/0 disables them.

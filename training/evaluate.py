@@ -1,38 +1,28 @@
-"""``w2v eval``: a model directory on a labeled manifest, through the runtime (the same path as
-``w2v transcribe``): character and word error rates, per decoder setting.
-
-    w2v eval --model DIR data/synth/test.tsv                      # greedy
-    w2v eval --model DIR data/synth/test.tsv --decoder beam --lm lm.arpa
-"""
+"""Evaluate a model directory on a labeled manifest through the runtime (the same path as
+``w2v transcribe``): character and word error rates. The ``w2v eval`` command (w2v_serve.cli.evaluate)
+and the default-model bundle (training.bundle) use it. Imports no torch."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from training.manifest import read_manifest
-
-
-def normalize_for_scoring(text: str) -> str:
-    return " ".join(text.lower().split())
+from w2v_serve.decoding import DecoderOptions
+from w2v_serve.engine import EngineOptions
+from w2v_serve.scoring import error_counts, normalize_for_scoring
+from w2v_serve.transcribe import Transcriber
 
 
 def evaluate(model_dir: str | Path, manifest: str | Path, *, decoder=None, limit: Optional[int] = None,
-             details: Optional[str | Path] = None, variant: str = "fp32") -> dict:
-    from training.metrics import error_counts
-    from w2v_serve.decoding import DecoderOptions
-    from w2v_serve.engine import EngineOptions
-    from w2v_serve.transcribe import Transcriber
-
+             details: Optional[str | Path] = None, variant: str = "fp32", runtime: str = "auto") -> dict:
     utts = [u for u in read_manifest(manifest) if u.text is not None][:limit]
     if not utts:
         raise ValueError(f"{manifest}: no labeled utterances")
     transcriber = Transcriber(model_dir, decoder=decoder or DecoderOptions(),
-                              engine_options=EngineOptions(variant=variant))
+                              engine_options=EngineOptions(variant=variant, runtime=runtime))
     start = time.perf_counter()
     results = list(transcriber.transcribe_iter([u.path for u in utts]))
     elapsed = time.perf_counter() - start
@@ -51,37 +41,3 @@ def evaluate(model_dir: str | Path, manifest: str | Path, *, decoder=None, limit
         "wer": round(counts["word_errors"] / max(1, counts["words"]), 4),
         "real_time_factor": round(elapsed / audio_s, 4), **counts,
     }
-
-
-def add_parser(sub: argparse._SubParsersAction, handler) -> None:
-    p = sub.add_parser("eval", help="character/word error rates of a model directory on a labeled manifest")
-    p.add_argument("manifest", help="labeled manifest: fairseq .tsv (+ .wrd/.ltr) or .jsonl with text")
-    p.add_argument("--model", required=True, metavar="DIR")
-    p.add_argument("--decoder", choices=("greedy", "beam"),
-                   help="default: greedy, beam with --lm; beam uses the model's own LM when it ships one")
-    p.add_argument("--beam-width", type=int, default=64)
-    p.add_argument("--lm", metavar="FILE", help="KenLM/ARPA language model (beam)")
-    p.add_argument("--no-lm", action="store_true", help="beam search without the model's own LM")
-    p.add_argument("--alpha", type=float, help="LM weight (default: the card's tuned value, else 0.5)")
-    p.add_argument("--beta", type=float, help="word insertion bonus (default: tuned value, else 1.0)")
-    p.add_argument("--variant", default="fp32", help="graph variant from the model card (fp32, fp16, int8)")
-    p.add_argument("--limit", type=int, help="first N utterances only")
-    p.add_argument("--details", metavar="FILE", help="write ref/hyp pairs as JSON lines")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=handler("training.evaluate:cmd_eval"))
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from w2v_serve.decoding import options_for_model
-
-    decoder = options_for_model(args.model, method=args.decoder, beam_width=args.beam_width, lm=args.lm,
-                                no_lm=args.no_lm, alpha=args.alpha, beta=args.beta)
-    summary = evaluate(args.model, args.manifest, decoder=decoder, limit=args.limit, details=args.details,
-                       variant=args.variant)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{summary['utterances']} utterances ({summary['audio_hours']} h), {summary['failed']} failed: "
-              f"CER {100 * summary['cer']:.2f}%  WER {100 * summary['wer']:.2f}%  "
-              f"(RTF {summary['real_time_factor']})", file=sys.stdout)
-    return 0 if not summary["failed"] else 1

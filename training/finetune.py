@@ -1,13 +1,13 @@
 """CTC fine-tuning (wav2vec 2.0, section 3.3 / 4): a linear head over the characters on top of the
 Transformer, trained with CTC (zero_infinity) under time and channel masking; the conv feature
 encoder stays frozen and the Transformer is frozen for the first ``task.freeze_updates`` updates
-(only the head trains then). Dev-set greedy CER/WER during training.
+(only the head trains then). Dev-set greedy CER/WER during training, decoded by the runtime's
+CTC decoder (``w2v_serve.decoding``) and scored by ``w2v_serve.scoring``.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.checkpoint import load_checkpoint
+from training.data import AudioDataset, BucketBatcher, FinetuneCollater, filter_by_length, make_loader
+from training.manifest import read_manifest
 from training.masking import channel_mask, time_mask
 from training.model import Wav2Vec2Model
+from training.task import DistContext, StepOutput, frame_lengths_of
+from w2v_serve.decoding import GREEDY, CTCDecoder, DecoderOptions
+from w2v_serve.scoring import error_counts
 from w2v_serve.vocab import Vocabulary
 
 log = logging.getLogger("w2v.train")
@@ -51,6 +56,13 @@ def ctc_loss_sum(logits: Tensor, frame_lengths: Tensor, targets: Tensor, target_
                       zero_infinity=True)
 
 
+def greedy_transcripts(decoder: CTCDecoder, logits: Tensor, frame_lengths: Tensor) -> list[str]:
+    """Best-path transcripts of a batch of CTC logits [B, T, V], each row trimmed to its frame
+    length, through the runtime's greedy decoder (``w2v transcribe`` decodes the same way)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    return [decoder.decode(row[: int(n)]).text for row, n in zip(log_probs, frame_lengths.tolist())]
+
+
 def build_vocab(cfg, texts: list[Optional[str]], init_vocab: Optional[Vocabulary]) -> Vocabulary:
     if cfg.data.vocab:
         return Vocabulary.load(cfg.data.vocab)
@@ -82,16 +94,16 @@ def load_initial_weights(model: Wav2Vec2Model, path: str) -> dict:
 
 
 class FinetuneTask:
+    """CTC fine-tuning as a ``training.task.Task``: data, the CTC objective, dev greedy CER/WER."""
+
     name = "finetune"
 
     def __init__(self, cfg) -> None:
-        from training.data import AudioDataset, BucketBatcher, filter_by_length
-        from training.manifest import read_manifest
-
         self.cfg = cfg
         utts = read_manifest(cfg.data.train, labels=cfg.data.labels) if cfg.data.train else []
         init_ckpt = load_checkpoint(cfg.task.init) if cfg.task.init else None
         self._vocab = build_vocab(cfg, [u.text for u in utts], init_ckpt.vocab if init_ckpt else None)
+        self.decoder = CTCDecoder(self._vocab, DecoderOptions(method=GREEDY))   # dev CER/WER
         forced = {"quantizer": False, "vocab_size": len(self._vocab)}
         if cfg.task.freeze_feature_encoder:
             forced["feature_grad_mult"] = 0.0
@@ -133,9 +145,7 @@ class FinetuneTask:
     def checkpoint_extra(self) -> dict:
         return {}
 
-    def loaders(self, epoch: int, skip: int, ctx):
-        from training.data import FinetuneCollater, make_loader
-
+    def loaders(self, epoch: int, skip: int, ctx: DistContext):
         if self.dataset is None:
             raise ValueError("data.train is not set")
         shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
@@ -146,17 +156,15 @@ class FinetuneTask:
         c = self.model.config
         mask = None
         if c.mask_prob > 0:
-            mask = time_mask(frame_lengths, num_frames, c.mask_prob, c.mask_length, c.mask_min_masks, generator)
+            mask = time_mask(frame_lengths, num_frames, c.mask_prob, c.mask_length, c.mask_min_masks, generator,
+                             require_same_masks=c.require_same_masks)
         channels = None
         if c.mask_channel_prob > 0:
             channels = channel_mask(frame_lengths.shape[0], c.embed_dim, c.mask_channel_prob, c.mask_channel_length,
-                                    frame_lengths.device, generator)
+                                    frame_lengths.device, generator, require_same_masks=c.require_same_masks)
         return mask, channels
 
-    def step(self, wrapped: nn.Module, batch, update: int, ctx, generator):
-        from training.pretrain import frame_lengths_of
-        from training.trainer import StepOutput
-
+    def step(self, wrapped: nn.Module, batch, update: int, ctx: DistContext, generator) -> StepOutput:
         frame_lengths, num_frames = frame_lengths_of(self.model, batch.waveforms, batch.lengths)
         mask, channels = self.draw_masks(frame_lengths, num_frames, generator)
         frozen = update < self.cfg.task.freeze_updates
@@ -177,11 +185,8 @@ class FinetuneTask:
         return []
 
     @torch.no_grad()
-    def evaluate(self, ctx) -> Optional[dict]:
+    def evaluate(self, ctx: DistContext) -> Optional[dict]:
         """Greedy CER/WER on the dev manifest (split over the processes, counts all-reduced)."""
-        from training.data import FinetuneCollater, make_loader
-        from training.metrics import error_counts, greedy_decode
-
         if self.valid is None:
             return None
         self.model.eval()
@@ -194,7 +199,7 @@ class FinetuneTask:
                 continue
             batch = batch.to(ctx.device)
             logits, frame_lengths = self.module(batch.waveforms, batch.lengths, None, None)
-            hyps = greedy_decode(logits, frame_lengths, self._vocab)
+            hyps = greedy_transcripts(self.decoder, logits, frame_lengths)
             counts = error_counts(batch.texts, hyps)
             loss = ctc_loss_sum(logits, frame_lengths, batch.targets, batch.target_lengths, self._vocab.blank_id)
             totals += torch.tensor([counts["char_errors"], counts["chars"], counts["word_errors"], counts["words"],

@@ -10,10 +10,16 @@
   of masked steps (fairseq's ``features_pen`` · sample_size).
 
 All functions work in float32 whatever the autocast dtype, like fairseq and transformers.
+
+Logging as fairseq (``wav2vec_criterion.py``): the loss is reported per masked step in bits
+(``nats_to_bits(total / num_masked)``, fairseq's ``loss / sample_size / math.log(2)``), and
+beside ``prob_perplexity`` (of p̄, the diversity term's soft average) the ``code_perplexity`` of
+the noise-free hard choices argmax(l) (``code_perplexity(QuantizerOutput.code_counts)``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -80,6 +86,24 @@ def perplexity(probs: Tensor, eps: float = 1e-7) -> Tensor:
     """Σ_g exp(H(p_g)) for [G, V] distributions (the quantizer's prob/code perplexity)."""
     probs = probs.float()
     return torch.exp(-(probs * torch.log(probs + eps)).sum(dim=-1)).sum()
+
+
+def code_perplexity(code_counts: Tensor) -> Tensor:
+    """fairseq's ``code_perplexity``: Σ_g exp(H) of the histogram of argmax(l) (no Gumbel noise).
+
+    code_counts: [G, V] counts of frames per chosen entry (``QuantizerOutput.code_counts``),
+    possibly summed over processes first; each group is normalized by its own total."""
+    counts = code_counts.float()
+    return perplexity(counts / counts.sum(dim=-1, keepdim=True).clamp(min=1))
+
+
+LN2 = math.log(2.0)
+
+
+def nats_to_bits(value):
+    """A loss in nats -> bits (fairseq logs ``loss / sample_size / math.log(2)``). Works on
+    floats and tensors."""
+    return value / LN2
 
 
 def diversity_loss(avg_probs: Tensor) -> Tensor:

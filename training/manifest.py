@@ -225,3 +225,39 @@ def cmd_manifest(args) -> int:
     print(f"{summary['utterances']} utterances ({summary['hours']:.2f} h) of {summary['files']} files; "
           f"{len(summary['failed'])} skipped; wrote {', '.join(summary['written'])}")
     return 1 if summary["utterances"] == 0 else 0
+
+
+# ---------------------------------------------------------------------------- subsets
+def labeled_subset(utts: list[Utterance], hours: float, seed: int = 0) -> list[Utterance]:
+    """The first utterances of a seeded shuffle of ``utts`` until ``hours`` of audio (the
+    low-resource splits of the paper's table: a smaller subset is a prefix of a larger one with
+    the same seed, so 10 min ⊂ 1 h ⊂ 10 h)."""
+    if hours <= 0:
+        raise ManifestError(f"a subset needs a positive duration, got {hours} h")
+    order = list(utts)
+    random.Random(seed).shuffle(order)
+    target = hours * 3600 * SAMPLE_RATE
+    out, total = [], 0
+    for u in order:
+        if total >= target:
+            break
+        out.append(u)
+        total += u.num_samples
+    return out
+
+
+def cmd_subset(args) -> int:
+    utts = read_manifest(args.manifest)
+    subset = labeled_subset(utts, args.hours, args.seed)
+    hours = sum(u.num_samples for u in subset) / SAMPLE_RATE / 3600
+    if hours < args.hours * 0.999:
+        print(f"{args.manifest} holds only {hours:.3f} h; the subset is all of it", file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = Path(args.manifest)
+    root = Path(src.read_text(encoding="utf-8").splitlines()[0].strip()) if src.suffix == ".tsv" else None
+    if root is not None and not root.is_absolute():
+        root = (src.parent / root).resolve()
+    written = write_split(out.parent, out.name, subset, "jsonl" if src.suffix != ".tsv" else "tsv", root)
+    print(f"{len(subset)} utterances ({hours:.3f} h) of {len(utts)}; wrote {', '.join(written)}")
+    return 0

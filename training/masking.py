@@ -7,6 +7,11 @@ start are masked. Starts are drawn without replacement among the positions whose
 utterance's *valid* frames, so padding is never masked. Spans may overlap (as in the paper:
 with p=0.65 and M=10 about half of the frames end up masked).
 
+``require_same_masks`` (fairseq's ``compute_mask_indices(require_same_masks=True)``, its default
+for pre-training and fine-tuning): after the spans are drawn, every row keeps the same number of
+masked steps, the smallest row's count; a row with more keeps a uniformly random subset of its
+masked steps (so spans of it may be cut), as fairseq's ``rng.choice(mask_idc, target_len)``.
+
 Everything is sampled on the tensors' device with an explicit ``torch.Generator`` and no Python
 loop over the batch: per-row counts are handled by ranking random keys.
 """
@@ -26,8 +31,23 @@ def _rand(shape: tuple[int, ...], generator: Optional[torch.Generator], device: 
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
+def same_count(mask: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Unmask random steps of each row until every row has as many masked steps as the row with
+    the fewest (fairseq's ``require_same_masks``). [B, T] bool -> [B, T] bool, a subset of it."""
+    if mask.shape[0] <= 1 or mask.shape[1] == 0:
+        return mask
+    counts = mask.sum(dim=1)
+    target = counts.min()
+    # Rank the masked steps of each row in a random order (unmasked steps last); keep the first `target`.
+    keys = _rand(tuple(mask.shape), generator, mask.device).masked_fill(~mask, 2.0)
+    order = keys.argsort(dim=1)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(mask.shape[1], device=mask.device).expand_as(order))
+    return mask & (rank < target)
+
+
 def span_mask(lengths: Tensor, max_length: int, mask_prob: float, mask_length: int,
-              min_masks: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
+              min_masks: int = 0, generator: Optional[torch.Generator] = None,
+              require_same_masks: bool = False) -> Tensor:
     """Random spans over the last axis.
 
     Args:
@@ -37,6 +57,8 @@ def span_mask(lengths: Tensor, max_length: int, mask_prob: float, mask_length: i
         mask_length: M, span length.
         min_masks: minimum number of spans per row (fewer only if fewer start positions exist).
         generator: RNG (on the same device as ``lengths`` or on the CPU).
+        require_same_masks: give every row the smallest row's number of masked positions
+            (``same_count``); the spans are drawn first, with the same draws as without it.
 
     Returns:
         [B, T] bool, True on masked positions.
@@ -68,18 +90,27 @@ def span_mask(lengths: Tensor, max_length: int, mask_prob: float, mask_length: i
     positions = positions.masked_fill(~valid, max_length)            # park unused ones in a spare column
     mask = torch.zeros(b, max_length + 1, dtype=torch.bool, device=device)
     mask.scatter_(1, positions.reshape(b, -1), True)
-    return mask[:, :max_length]
+    mask = mask[:, :max_length]
+    if require_same_masks:
+        mask = same_count(mask, generator)
+    return mask
 
 
 def time_mask(frame_lengths: Tensor, num_frames: int, mask_prob: float, mask_length: int,
-              min_masks: int = 2, generator: Optional[torch.Generator] = None) -> Tensor:
-    """[B, T] time-step mask for pre-training / fine-tuning (padding excluded)."""
-    return span_mask(frame_lengths, num_frames, mask_prob, mask_length, min_masks, generator)
+              min_masks: int = 2, generator: Optional[torch.Generator] = None,
+              require_same_masks: bool = False) -> Tensor:
+    """[B, T] time-step mask for pre-training / fine-tuning (padding excluded).
+
+    Pass ``require_same_masks=config.require_same_masks`` (True in fairseq's recipes) to give
+    every row of the batch the same number of masked steps."""
+    return span_mask(frame_lengths, num_frames, mask_prob, mask_length, min_masks, generator, require_same_masks)
 
 
 def channel_mask(batch_size: int, num_channels: int, mask_prob: float, mask_length: int,
-                 device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None) -> Tensor:
+                 device: torch.device | str = "cpu", generator: Optional[torch.Generator] = None,
+                 require_same_masks: bool = False) -> Tensor:
     """[B, C] channel mask (fairseq's ``mask_channel_*``): spans over the feature dimension,
-    one draw per utterance, applied to every time step of it."""
+    one draw per utterance, applied to every time step of it. (fairseq's channel masks also go
+    through ``compute_mask_indices`` with its default ``require_same_masks=True``.)"""
     lengths = torch.full((batch_size,), num_channels, dtype=torch.long, device=torch.device(device))
-    return span_mask(lengths, num_channels, mask_prob, mask_length, 0, generator)
+    return span_mask(lengths, num_channels, mask_prob, mask_length, 0, generator, require_same_masks)

@@ -14,11 +14,15 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from training.losses import ContrastiveOutput, contrastive_loss, feature_penalty
+from training.data import AudioDataset, BucketBatcher, PretrainCollater, filter_by_length, make_loader
+from training.losses import (ContrastiveOutput, code_perplexity, contrastive_loss, diversity_loss, feature_penalty,
+                             nats_to_bits, perplexity)
+from training.manifest import read_manifest
 from training.masking import time_mask
 from training.model import Wav2Vec2Model
-from training.model.quantizer import QuantizerOutput
+from training.model.quantizer import QuantizerOutput, gumbel_temperature
 from training.negatives import sample_negatives
+from training.task import DistContext, StepOutput, frame_lengths_of
 
 
 @dataclass
@@ -48,7 +52,8 @@ def draw_pretrain_inputs(model: Wav2Vec2Model, frame_lengths: Tensor, num_frames
     quantizer's Gumbel noise, all on ``frame_lengths``' device."""
     cfg = model.config
     device = frame_lengths.device
-    mask = time_mask(frame_lengths, num_frames, cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks, generator)
+    mask = time_mask(frame_lengths, num_frames, cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks, generator,
+                     require_same_masks=cfg.require_same_masks)
     negatives = sample_negatives(mask, num_negatives, generator)
     noise = None
     if with_noise:
@@ -66,14 +71,6 @@ class PretrainTerms(NamedTuple):
     num_masked_frames: Tensor         # float count of frames the quantizer statistics cover
     penalty_sum: Tensor               # Σ z² over valid frames
     penalty_count: Tensor             # number of elements in that sum
-
-
-def frame_lengths_of(model: Wav2Vec2Model, waveforms: Tensor, lengths: Optional[Tensor]) -> tuple[Tensor, int]:
-    """Frame lengths and padded frame count of a batch without running the model."""
-    if lengths is None:
-        lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
-    num_frames = int(model.frame_lengths(torch.tensor([waveforms.shape[1]])).item())
-    return model.frame_lengths(lengths), num_frames
 
 
 def pretrain_terms(model: Wav2Vec2Model, waveforms: Tensor, lengths: Optional[Tensor],
@@ -109,15 +106,12 @@ class PretrainObjective(nn.Module):
 
 # ---------------------------------------------------------------------------- the training task
 class PretrainTask:
-    """Pre-training for ``training.trainer.Trainer``: data, one micro-batch's objective, logging
-    and the collapse / chance-accuracy alarms."""
+    """Pre-training as a ``training.task.Task``: data, one micro-batch's objective, logging and
+    the collapse / chance-accuracy alarms."""
 
     name = "pretrain"
 
     def __init__(self, cfg, model: Optional[Wav2Vec2Model] = None) -> None:
-        from training.data import AudioDataset, BucketBatcher, filter_by_length
-        from training.manifest import read_manifest
-
         self.cfg = cfg
         if model is None:
             model = Wav2Vec2Model(cfg.model.build(quantizer=True, vocab_size=None))
@@ -148,12 +142,10 @@ class PretrainTask:
     def checkpoint_extra(self) -> dict:
         return {}
 
-    def evaluate(self, ctx):
+    def evaluate(self, ctx: DistContext):
         return None
 
-    def loaders(self, epoch: int, skip: int, ctx):
-        from training.data import PretrainCollater, make_loader
-
+    def loaders(self, epoch: int, skip: int, ctx: DistContext):
         if self.dataset is None:
             raise ValueError("data.train is not set")
         shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
@@ -161,11 +153,8 @@ class PretrainTask:
                                    self.cfg.data.crop_to_shortest)
         return make_loader(self.dataset, shard[skip:], collate, self.cfg.data.num_workers), len(shard)
 
-    def step(self, wrapped: nn.Module, batch, update: int, ctx, generator: Optional[torch.Generator]):
-        from training.losses import diversity_loss, perplexity
-        from training.model.quantizer import gumbel_temperature
-        from training.trainer import StepOutput
-
+    def step(self, wrapped: nn.Module, batch, update: int, ctx: DistContext,
+             generator: Optional[torch.Generator]) -> StepOutput:
         task, model = self.cfg.task, self.model
         assert model.quantizer is not None
         model.quantizer.temperature = gumbel_temperature(update, *task.latent_temp)
@@ -191,12 +180,8 @@ class PretrainTask:
         diversity_term = task.diversity_weight * n_masked * diversity / ctx.world_size
         objective = c.loss + diversity_term + penalty
 
-        g, v = q.avg_probs.shape
-        codes = q.codes[draws.mask]                                        # [N, G]
-        hist = torch.zeros(g, v, device=codes.device).scatter_add_(
-            1, codes.t().contiguous(), torch.ones(codes.shape[1], codes.shape[0], device=codes.device))
-        hist = ctx.sum(hist)
-        code_ppl = perplexity(hist / hist.sum(dim=1, keepdim=True).clamp(min=1))
+        # fairseq's code perplexity: the histogram of argmax(l), no Gumbel noise, over every process.
+        code_ppl = code_perplexity(ctx.sum(q.code_counts))
         stats = {"loss": objective.detach(), "contrastive": c.loss.detach(), "diversity": diversity_term.detach(),
                  "penalty": penalty.detach(), "masked": c.num_masked.float(), "correct": c.correct.float(),
                  "chance": c.chance, "identical": c.identical.float(),
@@ -210,10 +195,11 @@ class PretrainTask:
         g = self.model.config.num_codevector_groups
         v = self.model.config.num_codevectors
         return {
-            "loss": sums.get("loss", 0.0) / n,                 # per masked step, nats
-            "contrastive": sums.get("contrastive", 0.0) / n,
-            "diversity": sums.get("diversity", 0.0) / n,       # α·L_d
-            "feature_penalty": sums.get("penalty", 0.0) / n,   # weight · mean z²
+            # Per masked step, in bits as fairseq logs them (loss / sample_size / ln 2).
+            "loss": nats_to_bits(sums.get("loss", 0.0) / n),
+            "contrastive": nats_to_bits(sums.get("contrastive", 0.0) / n),
+            "diversity": nats_to_bits(sums.get("diversity", 0.0) / n),       # α·L_d
+            "feature_penalty": nats_to_bits(sums.get("penalty", 0.0) / n),   # weight · mean z²
             "accuracy": sums.get("correct", 0.0) / n,
             "chance": sums.get("chance", 0.0) / n,
             "identical_distractors": sums.get("identical", 0.0) / max(sums.get("candidates", 0.0), 1.0),

@@ -12,6 +12,9 @@ Determinism and resumption: the RNGs are re-seeded from (seed, update[, rank]) a
 model, optimizer, loss scaler, update, data position and RNG states. A run stopped at any update
 (Ctrl-C / SIGTERM finishes the update, saves, and exits) and resumed ends bit-identical to one
 that never stopped.
+
+The loop knows tasks only through ``training.task`` (``Task``, ``StepOutput``, ``DistContext``); the
+``w2v pretrain`` / ``w2v finetune`` handlers that pick a task are in ``training.commands``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_state_checked
+from training.task import DistContext, StepOutput, Task
 from training.train_config import TrainConfig, to_dict
 
 log = logging.getLogger("w2v.train")
@@ -46,37 +49,6 @@ class TrainingError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- distributed
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def sum(self, values: Tensor) -> Tensor:
-        """All-reduce (sum) without gradient."""
-        if self.distributed:
-            values = values.detach().clone()
-            dist.all_reduce(values)
-        return values
-
-    def sum_with_grad(self, values: Tensor) -> Tensor:
-        """All-reduce (sum) whose backward sums the gradients of every process."""
-        if self.distributed:
-            import torch.distributed.nn.functional as dist_fn
-
-            return dist_fn.all_reduce(values)
-        return values
-
-
 def init_distributed(device_name: str = "auto") -> DistContext:
     """From torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); NCCL on GPU, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -194,39 +166,6 @@ class MetricsLog:
 
 
 # ---------------------------------------------------------------------------- the loop
-@dataclass
-class StepOutput:
-    """What a task returns for one micro-batch."""
-
-    objective: Tensor              # backward() on this (see module docstring)
-    normalizer: float              # global count this micro-batch contributes (all processes)
-    stats: dict[str, Tensor]       # local sums for logging (all-reduced once per update)
-    gauges: dict[str, float]       # already-global values (perplexities, temperature)
-
-
-class Task:
-    """What differs between pre-training and fine-tuning (see pretrain_task / finetune_task)."""
-
-    name = "task"
-    module: nn.Module              # what DistributedDataParallel wraps
-    model: nn.Module               # the Wav2Vec2Model inside it (saved in checkpoints)
-
-    def loaders(self, epoch: int, skip: int, ctx: DistContext): ...  # -> (iterable of batches, count)
-    def step(self, wrapped: nn.Module, batch, update: int, ctx: DistContext,
-             generator: Optional[torch.Generator]) -> StepOutput: ...
-    def log_record(self, sums: dict[str, float], gauges: dict[str, float], updates: int) -> dict[str, float]: ...
-    def check_alarms(self, record: dict[str, float], update: int) -> list[str]:
-        return []
-    def evaluate(self, ctx: DistContext) -> Optional[dict[str, float]]:
-        return None
-    def checkpoint_extra(self) -> dict[str, Any]:
-        return {}
-    def vocab(self):
-        return None
-    def find_unused_parameters(self) -> bool:
-        return False
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task, ctx: DistContext) -> None:
         self.cfg, self.task, self.ctx = cfg, task, ctx
@@ -368,7 +307,8 @@ class Trainer:
             sync = contextlib.nullcontext() if (last or not ctx.distributed) else self.wrapped.no_sync()
             with sync:
                 with self._autocast():
-                    out = self.task.step(self.wrapped, batch.to(ctx.device), self.update, ctx, generator)
+                    out: StepOutput = self.task.step(self.wrapped, batch.to(ctx.device), self.update, ctx,
+                                                     generator)
                 self.scaler.scale(out.objective).backward()
             normalizer += out.normalizer
             loss_value += out.objective.detach().double()
@@ -500,65 +440,3 @@ class Trainer:
 def setup_logging(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
-
-
-# ---------------------------------------------------------------------------- commands
-def run_training(kind: str, config_path: Optional[str], overrides: list[str], print_config: bool = False,
-                 callbacks: Optional[list[Callable]] = None) -> dict[str, Any]:
-    """Build the config and the task, then train (under torchrun: one process per device)."""
-    from training.train_config import FinetuneConfig, PretrainConfig, load_config
-
-    cfg_cls = PretrainConfig if kind == "pretrain" else FinetuneConfig
-    cfg = load_config(cfg_cls, config_path, overrides)
-    if print_config:
-        import yaml
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return {}
-    ctx = init_distributed(cfg.run.device)
-    setup_logging(ctx.rank)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    # Model initialization is seeded too (identical on every process).
-    torch.manual_seed(cfg.run.seed)
-    if kind == "pretrain":
-        from training.pretrain import PretrainTask
-
-        task = PretrainTask(cfg)
-    else:
-        from training.finetune import FinetuneTask
-
-        task = FinetuneTask(cfg)
-    trainer = Trainer(cfg, task, ctx)
-    trainer.callbacks.extend(callbacks or [])
-    if ctx.is_main:
-        from training.train_config import save_config
-
-        save_config(cfg, trainer.save_dir / f"{kind}_config.yaml")
-        log.info("%s: %.1f M parameters, %s, %d process(es), precision %s", kind,
-                 task.model.num_parameters() / 1e6, ctx.device, ctx.world_size, cfg.run.precision)
-    try:
-        return trainer.run()
-    finally:
-        if ctx.distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _config_and_overrides(args) -> tuple[Optional[str], list[str]]:
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        overrides.insert(0, config)  # `w2v pretrain key=value ...` without a file
-        config = None
-    return config, overrides
-
-
-def cmd_pretrain(args) -> int:
-    config, overrides = _config_and_overrides(args)
-    run_training("pretrain", config, overrides, args.print_config)
-    return 0
-
-
-def cmd_finetune(args) -> int:
-    config, overrides = _config_and_overrides(args)
-    run_training("finetune", config, overrides, args.print_config)
-    return 0

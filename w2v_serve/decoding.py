@@ -20,6 +20,7 @@ Kept free of batching and file concerns so the streaming service can reuse it se
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -61,6 +62,10 @@ class Word:
         return {"word": self.word, "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
                 "confidence": round(self.confidence, 4)}
 
+    @staticmethod
+    def from_dict(d: dict) -> "Word":
+        return Word(d["word"], d["start_s"], d["end_s"], d.get("confidence", 1.0))
+
 
 @dataclass(frozen=True)
 class Transcript:
@@ -69,6 +74,11 @@ class Transcript:
     text: str
     words: tuple[Word, ...] = ()
     score: float = 0.0           # log score of the chosen hypothesis (acoustic [+ LM, hotwords])
+
+    @staticmethod
+    def from_dict(d: dict) -> "Transcript":
+        """The ``{"text", "words"}`` of a result's ``to_dict`` (as Triton's models send them)."""
+        return Transcript(d.get("text", ""), tuple(Word.from_dict(w) for w in d.get("words", [])))
 
     @staticmethod
     def join(parts: Sequence["Transcript"]) -> "Transcript":
@@ -96,11 +106,23 @@ class DecoderOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DecoderError(f"unknown decoder {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.method == GREEDY and (self.lm or self.hotwords):
-            raise DecoderError("a language model and hotwords need the beam decoder (--decoder beam)")
+        if self.method == GREEDY and self.lm:
+            raise DecoderError("a language model needs the beam decoder (--decoder beam)")
         if self.beam_width < 1:
             raise DecoderError(f"beam width must be at least 1, got {self.beam_width}")
         object.__setattr__(self, "hotwords", tuple(h.strip() for h in self.hotwords if h.strip()))
+        decoder_method(self.method, self.hotwords)
+
+
+def decoder_method(requested: Optional[str], hotwords: Iterable[str] = (), default: Optional[str] = GREEDY) -> Optional[str]:
+    """The one rule for which decoder runs: hotwords need beam search, so asking for greedy with
+    hotwords is an error; with nothing asked, hotwords mean beam, else ``default`` (None: leave
+    the choice to a server)."""
+    if requested is not None and requested not in METHODS:
+        raise DecoderError(f"unknown decoder {requested!r}; choose one of {', '.join(METHODS)}")
+    if requested == GREEDY and any(hotwords):
+        raise DecoderError("hotwords need the beam decoder (--decoder beam, or leave the decoder unset)")
+    return requested or (BEAM if any(hotwords) else default)
 
 
 def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[str] = None,
@@ -111,7 +133,8 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
     A model may ship its own language model (the card's ``decoding`` section: an LM file in the
     directory with alpha/beta tuned on its dev set). Beam search without ``lm`` uses it unless
     ``no_lm``; alpha/beta default to the card's values when the LM in use is the shipped one,
-    else to pyctcdecode's defaults. Without ``method``: beam when an LM or hotwords are given."""
+    else to pyctcdecode's defaults. Without ``method``: beam when an LM or hotwords are given or
+    the model ships an LM (and ``no_lm`` is not set), else greedy."""
     from w2v_serve.model_dir import ModelDirectory
 
     directory = ModelDirectory.load(model_dir)
@@ -119,8 +142,8 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
     hotwords = tuple(rest.get("hotwords") or ())
     if lm and no_lm:
         raise DecoderError("--lm and --no-lm contradict each other")
-    if method is None:
-        method = BEAM if (lm or hotwords) else GREEDY
+    # A model that ships an LM is decoded with it unless told otherwise; greedy is one flag away.
+    method = decoder_method(method, hotwords, default=BEAM if (lm or (shipped is not None and not no_lm)) else GREEDY)
     if method == BEAM and lm is None and shipped is not None and not no_lm:
         lm = str(shipped)
     tuned = shipped is not None and lm is not None and Path(lm).resolve() == shipped.resolve()
@@ -166,8 +189,7 @@ class CTCDecoder:
         if log_probs.shape[0] == 0:
             return Transcript("")
         if self._beam is None:
-            if hotwords:
-                raise DecoderError("hotwords need the beam decoder (--decoder beam)")
+            decoder_method(GREEDY, hotwords or ())
             return self._greedy(log_probs, frame_offset)
         return self._beam_search(log_probs, frame_offset,
                                  self.options.hotwords if hotwords is None else tuple(hotwords),
@@ -207,8 +229,9 @@ class CTCDecoder:
     # ------------------------------------------------------------------ beam
     def _beam_search(self, log_probs: np.ndarray, frame_offset: int, hotwords: tuple[str, ...],
                      hotword_weight: float) -> Transcript:
+        keep = self._beam_frames(log_probs)
         beams = self._beam.decode_beams(
-            log_probs, beam_width=self.options.beam_width, beam_prune_logp=self.options.beam_prune_logp,
+            log_probs[keep], beam_width=self.options.beam_width, beam_prune_logp=self.options.beam_prune_logp,
             token_min_logp=self.options.token_min_logp, hotwords=list(hotwords) or None,
             hotword_weight=hotword_weight,
         )
@@ -216,13 +239,37 @@ class CTCDecoder:
         clipped = np.maximum(log_probs, _MIN_LOGP)
         words = []
         for label_word, (start, end) in word_frames:
+            start, end = int(keep[start]), int(keep[end - 1]) + 1      # back to the recording's frames
             text = _SPECIAL_LABEL.sub("", label_word)
             if not text:
                 continue
             ids = self._label_ids(label_word)
             conf = alignment_confidence(clipped[start:end], ids, self.vocab.blank_id)
             words.append(self._word(text, start, end, conf, frame_offset))
-        return Transcript(" ".join(w.word for w in words), tuple(words), float(combined))
+        # The dropped frames' blank log-probs, which every beam would have gained alike.
+        dropped = np.ones(len(log_probs), bool)
+        dropped[keep] = False
+        combined = float(combined) + float(log_probs[dropped, self.vocab.blank_id].sum())
+        return Transcript(" ".join(w.word for w in words), tuple(words), combined)
+
+    def _beam_frames(self, log_probs: np.ndarray) -> np.ndarray:
+        """Indices of the frames the beam search needs: all but the 2nd.. of each run of *inert*
+        frames, where blank is the best token and every other token is below ``token_min_logp``.
+
+        In an inert frame pyctcdecode extends every beam by blank alone, adding the same log-prob
+        to every beam: the first frame of a run turns each beam's last token into blank, the
+        others change no beam's text, word frames or ranking (merging, pruning and trimming see
+        the same scores shifted alike). Dropping them gives the same beams, with word frames
+        mapped back through these indices; about half the frames of a trained model's output on
+        speech are such runs, and the search's cost is per frame (~0.3 ms)."""
+        blank = self.vocab.blank_id
+        others = log_probs.copy()
+        others[:, blank] = -np.inf
+        inert = (log_probs.argmax(axis=1) == blank) & (others.max(axis=1) < self.options.token_min_logp)
+        repeat = inert.copy()
+        repeat[1:] &= inert[:-1]
+        repeat[0] = False
+        return np.flatnonzero(~repeat)
 
     def _label_ids(self, label_word: str) -> list[int]:
         ids, pos = [], 0
@@ -303,8 +350,27 @@ def _build_beam_decoder(labels: list[str], options: DecoderOptions):
         raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e
     from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
 
-    language_model = LanguageModel(model, sorted(unigrams), alpha=options.alpha, beta=options.beta)
+    from pyctcdecode.language_model import _prepare_unigram_set
+
+    # pyctcdecode would index the unigrams in a pygtrie.CharTrie (5 s of start-up for the default
+    # model's 104k words); the beam search only asks it whether a partial word is a prefix of a
+    # known word, which a sorted list answers as well (built in ~50 ms).
+    language_model = LanguageModel(model, None, alpha=options.alpha, beta=options.beta)
+    language_model._unigram_set = _prepare_unigram_set(sorted(unigrams), model)
+    language_model._char_trie = PrefixIndex(language_model._unigram_set)
     return BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), language_model)
+
+
+class PrefixIndex:
+    """``pygtrie.CharTrie.has_node`` over a fixed word set: nonzero when ``prefix`` begins (or is)
+    one of the words, 0 otherwise; the one trie query pyctcdecode's LanguageModel makes."""
+
+    def __init__(self, words) -> None:
+        self._words = sorted(words)
+
+    def has_node(self, prefix: str) -> int:
+        i = bisect.bisect_left(self._words, prefix)
+        return int(i < len(self._words) and self._words[i].startswith(prefix))
 
 
 def _is_arpa(path: Path) -> bool:

@@ -1,6 +1,13 @@
-"""The acoustic model at run time: an ONNX Runtime session over a model directory's ``model.onnx``.
+"""The acoustic model at run time: an inference session over a model directory's ``model.onnx``.
 
-* Execution providers: TensorRT, then CUDA, then CPU, whichever this onnxruntime build has.
+* Runtime (``EngineOptions.runtime``): ``auto`` runs OpenVINO on CPU when it is installed and no
+  CUDA/TensorRT provider is there, else ONNX Runtime; ``onnxruntime`` / ``openvino`` force one.
+  ONNX Runtime's execution providers: TensorRT, then CUDA, then CPU, whichever its build has
+  (sessions are made in w2v_serve.sessions).
+* Precision (``EngineOptions.variant``): ``fp32``, ``bf16`` (the fp32 graph with OpenVINO's bf16
+  inference, on CPUs that have it), ``int8`` / ``fp16`` (the card's graph variants), or ``auto``:
+  the fastest precision that passed the model's precision check (``precision_check.json`` beside
+  the card, written by ``w2v precision-check``) for this runtime on this CPU, else fp32.
 * Batches: rows padded to the longest, with ``lengths`` so each row gets the result it gets alone;
   ``plan_batches`` groups inputs of similar length (length buckets) so little compute is padding.
 * Long recordings: overlapping windows. Window k starts at ``k * hop`` samples (a multiple of the
@@ -21,30 +28,106 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from w2v_serve.model_dir import FULL_GRAPH, ModelDirectory
+from w2v_serve.sessions import (AUTO, ONNXRUNTIME, OPENVINO, OPENVINO_PROVIDER, EngineError, gpu_providers_present, machine_signature,
+                                open_session, openvino_available, openvino_supports_bf16, resolve_runtime)
 
-# Most capable first; the first ones this onnxruntime build has are used (CPU always last).
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-class EngineError(RuntimeError):
-    """The model cannot be loaded or run."""
+BF16 = "bf16"
+GPU_MAX_BATCH_SECONDS = 120.0
+CPU_MAX_BATCH_SECONDS = 30.0
+PRECISIONS = ("fp32", BF16, "fp16", "int8")      # what --precision offers (besides auto)
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    variant: str = "fp32"                    # which graph variant of the model card (fp32, fp16, int8)
-    providers: Optional[tuple[str, ...]] = None   # default: PROVIDER_PREFERENCE ∩ available
+    variant: str = AUTO                      # precision: auto, fp32, bf16 (OpenVINO), int8, fp16, or any
+                                             # graph variant of the model card
+    runtime: str = AUTO                      # auto, onnxruntime, openvino (sessions.resolve_runtime)
+    providers: Optional[tuple[str, ...]] = None   # default: sessions.PROVIDER_PREFERENCE ∩ available
     threads: int = 0                         # intra-op threads; 0 = onnxruntime's choice (all cores)
     batch_size: int = 8                      # rows per run (short files, or windows of a long one)
-    max_batch_seconds: float = 120.0         # and at most this much padded audio per run (memory:
-                                             # attention grows with rows x length^2)
+    max_batch_seconds: Optional[float] = None  # and at most this much padded audio per run (memory:
+                                             # attention grows with rows x length^2); default 120 s
+                                             # on GPUs, 30 s on CPU (one window: batching windows
+                                             # costs CPU runtimes ~40% more per audio second, measured
+                                             # on the default model, 2 threads)
     window_s: float = 30.0                   # recordings longer than this go through windows
     context_s: float = 2.0                   # overlap on each side of a window's kept frames
     pad_multiple: int = 0                    # pad batch length to a multiple of this many samples
                                              # (0: the frame stride; TensorRT: 1 s, fewer engine shapes)
+
+
+def graph_variant(precision: str) -> str:
+    """The card's graph variant a precision runs: bf16 is the fp32 graph run in bf16."""
+    return "fp32" if precision == BF16 else precision
+
+
+def precision_available(model: ModelDirectory, precision: str, runtime: str) -> Optional[str]:
+    """None when ``precision`` can run here with ``runtime``, else the reason it cannot."""
+    if precision == BF16:
+        if runtime != OPENVINO:
+            return "bf16 runs on the openvino runtime only"
+        if not openvino_supports_bf16():
+            return "this CPU has no native bf16 (AMX or AVX512_BF16)"
+        return None
+    if precision not in model.card.variants:
+        return f"the model has no {precision!r} graph variant (has {sorted(model.card.variants)})"
+    return None
+
+
+def resolve_precision(model: ModelDirectory, requested: str, runtime: str,
+                      providers: Optional[Sequence[str]] = None) -> str:
+    """The precision to run: ``requested`` itself (checked that it can run), or for ``auto`` the
+    fastest precision the model's precision check passed for ``runtime`` on CPU that can run here;
+    fp32 when the model has no check, and on GPU providers (the check measures CPU runtimes)."""
+    if requested != AUTO:
+        reason = precision_available(model, requested, runtime)
+        if reason:
+            raise EngineError(f"{model.path}: cannot run precision {requested!r}: {reason}")
+        return requested
+    if runtime == ONNXRUNTIME and gpu_providers_present(providers):
+        return "fp32"
+    record = model.precision_check or {}
+    return fastest_passing(record.get("results", {}).get(runtime, {}), model, runtime) or "fp32"
+
+
+def fastest_passing(results: dict, model: ModelDirectory, runtime: str) -> Optional[str]:
+    """The precision with the lowest real-time factor among those that passed for ``runtime`` and
+    can run here (``results``: a precision check record's ``results[runtime]``)."""
+    passed = [(r["rtf"], p) for p, r in results.items()
+              if r.get("passed") and r.get("rtf") and precision_available(model, p, runtime) is None]
+    return min(passed)[1] if passed else None
+
+
+def measured_here(model: ModelDirectory) -> bool:
+    """Whether the model's precision check ran on this kind of CPU (its speeds apply here)."""
+    record = model.precision_check or {}
+    machine = record.get("machine") or {}
+    here = machine_signature()
+    return bool(machine) and all(machine.get(k) == v for k, v in here.items())
+
+
+def choose_runtime_and_precision(model: ModelDirectory, runtime: str = AUTO, precision: str = AUTO,
+                                 providers: Optional[Sequence[str]] = None) -> tuple[str, str]:
+    """(runtime, precision) to run. ``runtime`` auto: ``sessions.resolve_runtime``'s rule (OpenVINO
+    on CPU when installed), except that when the model's precision check was measured on this kind
+    of CPU, the runtime whose fastest passing precision (``precision`` itself when one is asked
+    for) measured fastest there wins. Then ``resolve_precision``."""
+    chosen = resolve_runtime(runtime, providers)
+    if runtime == AUTO and not gpu_providers_present(providers) and measured_here(model):
+        results = model.precision_check.get("results", {})            # type: ignore[union-attr]
+        options = []
+        for rt in (ONNXRUNTIME, OPENVINO):
+            if rt == OPENVINO and not openvino_available():
+                continue
+            p = fastest_passing(results.get(rt, {}), model, rt) if precision == AUTO else precision
+            r = results.get(rt, {}).get(p or "", {})
+            if p and r.get("passed") and r.get("rtf") and precision_available(model, p, rt) is None:
+                options.append((r["rtf"], rt))
+        if options:
+            chosen = min(options)[1]
+    return chosen, resolve_precision(model, precision, chosen, providers)
 
 
 class Engine:
@@ -58,8 +141,11 @@ class Engine:
         self.stride = card.frame_stride
         self.receptive_field = card.receptive_field
         self.frame_seconds = card.frame_seconds
-        self.session = self._open_session(self.model.graph_path(FULL_GRAPH, options.variant))
-        self.providers = tuple(self.session.get_providers())    # what onnxruntime actually uses
+        self.runtime, self.precision = choose_runtime_and_precision(self.model, options.runtime, options.variant,
+                                                                    options.providers)
+        self.variant = graph_variant(self.precision)
+        self.session = self._open_session(self.model.graph_path(FULL_GRAPH, self.variant))
+        self.providers = tuple(self.session.get_providers())    # what the runtime actually uses
         pad = options.pad_multiple or (self.sample_rate if self.providers[0].startswith("Tensorrt") else self.stride)
         self.pad_multiple = max(self.stride, pad - pad % self.stride)
         # Window geometry in samples, all multiples of the stride (frames align across windows).
@@ -68,49 +154,16 @@ class Engine:
         self.hop = window - 2 * self.context
         self.window = window
 
-    def _open_session(self, path: Path) -> ort.InferenceSession:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        # Without the arena, each run's buffers go back to the system: peak memory is that of the
-        # largest run (bounded by batch_size x window), not an arena that keeps growing in steps
-        # as run shapes vary over an hour-long recording (measured: +300 MiB from 2.5 to 10 min).
-        so.enable_cpu_mem_arena = False
-        # Idle intra-op workers would spin and take the cores from audio loading and beam search,
-        # which run between (and beside) model runs; measured: ~15% more CPU for the same work.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.options.threads:
-            so.intra_op_num_threads = self.options.threads
-        so.log_severity_level = 3          # errors only; the providers in use are in Engine.providers
-        available = ort.get_available_providers()
-        wanted = self.options.providers or PROVIDER_PREFERENCE
-        providers: list = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        if "TensorrtExecutionProvider" in providers:
-            providers[providers.index("TensorrtExecutionProvider")] = ("TensorrtExecutionProvider", self._trt_options(path))
-        try:
-            session = ort.InferenceSession(str(path), so, providers=providers)
-        except Exception as e:   # onnxruntime raises its own exception types
-            raise EngineError(f"{path}: cannot load the model ({e})") from e
+    def _open_session(self, path: Path):
+        session = open_session(path, runtime=self.runtime, providers=self.options.providers,
+                               threads=self.options.threads, fp16=self.variant == "fp16",
+                               precision=BF16 if self.precision == BF16 else None)
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
         if not {"audio", "lengths"} <= inputs or not {"logits", "logit_lengths"} <= outputs:
             raise EngineError(f"{path}: expected inputs audio, lengths and outputs logits, logit_lengths; "
                               f"got {sorted(inputs)} -> {sorted(outputs)}")
         return session
-
-    def _trt_options(self, path: Path) -> dict:
-        """TensorRT builds an engine per input shape profile, which takes minutes: cache them per
-        model file (and build fp16 kernels for the fp16 variant)."""
-        import hashlib
-        import os
-
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "w2v" / "tensorrt" / key
-        cache.mkdir(parents=True, exist_ok=True)
-        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                "trt_fp16_enable": self.options.variant == "fp16"}
 
     # ------------------------------------------------------------------ geometry
     def num_frames(self, n_samples: int) -> int:
@@ -136,7 +189,12 @@ class Engine:
 
     @property
     def max_batch_samples(self) -> int:
-        return int(self.options.max_batch_seconds * self.sample_rate)
+        seconds = self.options.max_batch_seconds
+        if seconds is None:
+            # Local CPU sessions: one window per run. GPUs (and a remote Triton model): batches.
+            cpu = self.providers[0] in ("CPUExecutionProvider", OPENVINO_PROVIDER)
+            seconds = max(CPU_MAX_BATCH_SECONDS, self.window / self.sample_rate) if cpu else GPU_MAX_BATCH_SECONDS
+        return int(seconds * self.sample_rate)
 
     # ------------------------------------------------------------------ inference
     def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -10,6 +10,8 @@ Layout::
       encoder.onnx         conv encoder: audio, lengths -> features f32 [B, T, C], feature_lengths i64 [B]
       transformer.onnx     context network + CTC head: features, feature_lengths -> logits, logit_lengths
       model.fp16.onnx, model.int8.onnx, ...   optional variants, listed in the card
+      precision_check.json  optional: argmax agreement and speed of each runtime/precision on
+                           speech (w2v precision-check); the engine's default precision comes from it
 
 ``audio`` is raw 16 kHz mono in [-1, 1]; the graphs apply the model's own input normalization.
 ``logits`` are log-probabilities when the card says ``"logits_are_log_probs": true``.
@@ -28,6 +30,7 @@ FORMAT = "w2v-model"
 VERSION = 1
 CARD_NAME = "model_card.json"
 VOCAB_NAME = "vocab.json"
+PRECISION_CHECK_NAME = "precision_check.json"   # w2v_serve.precision's record (optional)
 
 # Graph names and their I/O, the contract between export/ and the runtime.
 FULL_GRAPH = "model"
@@ -113,6 +116,17 @@ class ModelDirectory:
 
     def write_card(self) -> None:
         write_card(self.path, self.card)
+
+    @property
+    def precision_check(self) -> Optional[dict[str, Any]]:
+        """The precision check's record beside the card (``w2v precision-check``), if any."""
+        p = self.path / PRECISION_CHECK_NAME
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as e:
+            raise ModelDirError(f"{p}: not valid JSON: {e}") from e
 
     @property
     def shipped_lm(self) -> Optional[Path]:

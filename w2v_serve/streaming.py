@@ -32,7 +32,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript
+from w2v_serve.engine import BF16, choose_runtime_and_precision, graph_variant
 from w2v_serve.model_dir import ENCODER_GRAPH, TRANSFORMER_GRAPH, ModelDirectory
+from w2v_serve.sessions import AUTO, STREAMING_PROVIDERS, open_session, resolve_runtime
 
 FRAME_MS = 20
 
@@ -101,6 +103,10 @@ class StreamResult:
                 "end_s": round(self.end_s, 3), "stability": round(self.stability, 3),
                 "words": [w.to_dict() for w in self.transcript.words]}
 
+    @staticmethod
+    def from_dict(d: dict) -> "StreamResult":
+        return StreamResult(d["is_final"], Transcript.from_dict(d), d["start_s"], d["end_s"], d["stability"])
+
 
 @dataclass
 class _StreamState:
@@ -125,7 +131,13 @@ class StreamingRecognizer:
 
     def __init__(self, model: ModelDirectory | str, config: StreamingConfig = StreamingConfig(),
                  decoder_options: DecoderOptions = DecoderOptions(),
-                 session_factory: Optional[Callable[[str], object]] = None) -> None:
+                 session_factory: Optional[Callable[[str], object]] = None, runtime: str = AUTO,
+                 threads: int = 0, precision: str = AUTO) -> None:
+        """runtime, precision: as the Engine's (``engine.choose_runtime_and_precision``; auto:
+        the model's measured fastest on this CPU, as offline transcription picks it, so that a
+        stream's final transcript matches it); the precision picks the graph variant of the
+        encoder and transformer graphs. threads: of the sessions this recognizer opens
+        (``open_streaming_session``). A ``session_factory`` makes the sessions instead."""
         self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
         self.config = config
         card = self.model.card
@@ -137,9 +149,12 @@ class StreamingRecognizer:
         mc = card.model_config
         # Exact, cached conv features need an encoder without utterance-level statistics.
         self.cache_features = mc.get("extractor_mode") == "layer_norm" and not mc.get("normalize_waveform", False)
-        make = session_factory or open_streaming_session
-        self._encoder = make(str(self.model.graph_path(ENCODER_GRAPH)))
-        self._transformer = make(str(self.model.graph_path(TRANSFORMER_GRAPH)))
+        self.runtime, self.precision = choose_runtime_and_precision(self.model, runtime, precision, STREAMING_PROVIDERS)
+        variant = graph_variant(self.precision)
+        make = session_factory or (lambda path: open_streaming_session(path, runtime=self.runtime, threads=threads,
+                                                                      precision=self.precision))
+        self._encoder = make(str(self.model.graph_path(ENCODER_GRAPH, variant)))
+        self._transformer = make(str(self.model.graph_path(TRANSFORMER_GRAPH, variant)))
         self.decoder = CTCDecoder(self.model.vocab, decoder_options, frame_seconds=card.frame_seconds)
         # Frames that are not speech for end pointing: blank, and the word delimiter (some models
         # emit it through pauses).
@@ -184,6 +199,25 @@ class StreamingRecognizer:
                hotwords: Optional[Sequence[str]] = None, partials: bool = True) -> list[StreamResult]:
         """Add 16 kHz float32 samples to a stream; returns its new results (partials, finals)."""
         return self.accept_many([(stream_id, audio, end)], hotwords=hotwords, partials=partials)[0]
+
+    def accept_each(self, items: Sequence[tuple[object, np.ndarray, bool]], *,
+                    hotwords: Optional[Sequence[str]] = None,
+                    partials: bool = True) -> list[list[StreamResult] | Exception]:
+        """``accept_many`` where one bad stream does not fail the others: when the batched run
+        fails, the streams run one by one, and a stream that fails alone is closed and gets its
+        exception in place of its results."""
+        try:
+            return list(self.accept_many(items, hotwords=hotwords, partials=partials))
+        except Exception:
+            pass
+        out: list[list[StreamResult] | Exception] = []
+        for stream_id, audio, end in items:
+            try:
+                out.append(self.accept(stream_id, audio, end=end, hotwords=hotwords, partials=partials))
+            except Exception as e:
+                self.close(stream_id)
+                out.append(e)
+        return out
 
     def accept_many(self, items: Iterable[tuple[object, np.ndarray, bool]], *,
                     hotwords: Optional[Sequence[str]] = None, partials: bool = True) -> list[list[StreamResult]]:
@@ -337,20 +371,10 @@ class StreamingRecognizer:
         return out
 
 
-def open_streaming_session(path: str):
-    """An ONNX Runtime session for streaming (in-process or in a service). CPU memory arena off:
-    batch (streams ready at once) and window widths vary from run to run, and an arena keeps the
-    largest of every shape it has seen; without it memory follows the current load (as in the
-    Engine, for the same reason). Idle workers do not spin: decoding and the event loop need the
-    cores between runs. CUDA when there is one; not TensorRT, which would build an engine for
-    every new window shape."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(path, opts, providers=providers or ["CPUExecutionProvider"])
+def open_streaming_session(path: str, runtime: str = AUTO, threads: int = 0, precision: Optional[str] = None):
+    """A session for a streaming graph: CUDA when there is one, not TensorRT (it would build an
+    engine for every new window shape); ``auto``: OpenVINO on CPU when it is installed; precision
+    ``bf16`` runs it in bf16 (OpenVINO); the rest as every session (w2v_serve.sessions)."""
+    chosen = resolve_runtime(runtime, STREAMING_PROVIDERS)
+    return open_session(path, runtime=chosen, providers=STREAMING_PROVIDERS, threads=threads,
+                        precision=BF16 if precision == BF16 else None)

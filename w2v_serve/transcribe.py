@@ -205,7 +205,8 @@ class Transcriber:
                 yield block
 
         try:
-            transcript = self.decode_stream(self.engine.stream_log_probs(blocks()), hotwords=hotwords)
+            # The model computes the next windows while this thread decodes the last ones.
+            transcript = self.decode_stream(_prefetched(self.engine.stream_log_probs(blocks())), hotwords=hotwords)
         except Exception as e:
             return TranscriptionResult(item.path, error=_error_text(item, e))
         finally:
@@ -232,6 +233,47 @@ class Transcriber:
         if held:
             parts.append(self.decoder.decode(np.concatenate(pending), frame_offset=offset, hotwords=hotwords))
         return Transcript.join(parts)
+
+
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced on a background thread, up to ``depth`` ahead of the consumer: the
+    engine's runs (native code, the GIL released) overlap the consumer's decoding. An exception
+    of the producer is raised in the consumer; a consumer that stops early stops the producer."""
+    import queue
+    import threading
+
+    out: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put((done, None))
+        except BaseException as e:        # handed to the consumer
+            out.put((done, e))
+
+    worker = threading.Thread(target=produce, name="w2v-engine", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = out.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def _error_text(item: _Item, error: Exception) -> str:

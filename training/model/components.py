@@ -83,8 +83,32 @@ class MaskedInstanceNorm(nn.Module):
         return x * self.weight.view(1, -1, 1) + self.bias.view(1, -1, 1)
 
 
+def init_bert_params(module: nn.Module) -> None:
+    """BERT-style initialization, as fairseq's ``init_bert_params`` (``transformer_sentence_encoder.py``),
+    which its wav2vec 2.0 ``TransformerEncoder`` applies to itself (``self.apply(init_bert_params)``):
+    every ``nn.Linear`` weight ~ N(0, 0.02) with bias 0, every ``nn.Embedding`` ~ N(0, 0.02).
+    Use with ``module.apply``. Other modules (LayerNorm, the positional convolution) are untouched.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
 class ConvLayerBlock(nn.Module):
-    """One block of the feature encoder: Conv1d -> [norm] -> GELU."""
+    """One block of the feature encoder: Conv1d -> [norm] -> GELU.
+
+    The convolution's weight is ``kaiming_normal_`` (He et al. 2015, fan-in, std = sqrt(2 / (C_in·k)))
+    as fairseq's ``ConvFeatureExtractionModel``; its bias (``conv_bias``, LARGE) keeps PyTorch's
+    default, as there. With PyTorch's default weight init (std = 1/sqrt(3·C_in·k)) each of BASE's
+    six un-normalized blocks shrinks the signal ~3x and z starts at std ≈ 4e-4 instead of ≈ 0.27
+    (on unit-variance input; tests/test_init.py).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                  bias: bool, norm: str) -> None:
@@ -92,6 +116,7 @@ class ConvLayerBlock(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
         self.norm_kind = norm
         if norm == "instance":
             self.norm: Optional[nn.Module] = MaskedInstanceNorm(out_channels)
@@ -189,11 +214,18 @@ class WeightNormConv1d(nn.Module):
         self.kernel_size = kernel_size
         self.groups = groups
         conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=groups)
-        # fairseq's init: normal(0, sqrt(4 / (k * C))), bias 0.
-        nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel_size * channels)))
+        # fairseq's init (wav2vec2.py, make_conv_pos): v ~ N(0, sqrt(4·(1 - dropout) / (k·C))) with
+        # its local dropout = 0, i.e. sqrt(4 / (k·C)), C the full embedding dimension (not C/groups);
+        # bias 0; g = ||v|| per kernel position (weight_norm(dim=2)), so that at init w = v.
+        nn.init.normal_(conv.weight, mean=0.0, std=self.init_std(kernel_size, channels))
         self.weight_v = nn.Parameter(conv.weight.detach().clone())
         self.weight_g = nn.Parameter(self.weight_v.detach().norm(dim=(0, 1), keepdim=True))
         self.bias = nn.Parameter(torch.zeros(channels))
+
+    @staticmethod
+    def init_std(kernel_size: int, channels: int, dropout: float = 0.0) -> float:
+        """fairseq's std of the positional convolution's weight: sqrt(4·(1 - dropout) / (k·C))."""
+        return math.sqrt(4.0 * (1.0 - dropout) / (kernel_size * channels))
 
     def weight(self) -> Tensor:
         v = self.weight_v
@@ -284,7 +316,11 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """g: Z -> C. Positional convolution, then the Transformer blocks, with layer drop."""
+    """g: Z -> C. Positional convolution, then the Transformer blocks, with layer drop.
+
+    Initialized as fairseq's: every Linear of the blocks (attention projections, FFN) gets
+    ``init_bert_params`` (N(0, 0.02), bias 0); the positional convolution keeps its own init.
+    """
 
     def __init__(self, embed_dim: int, num_layers: int, num_heads: int, ffn_dim: int,
                  dropout: float, attention_dropout: float, activation_dropout: float,
@@ -301,6 +337,7 @@ class TransformerEncoder(nn.Module):
                          activation_dropout, layer_norm_first, eps)
             for _ in range(num_layers)
         )
+        self.apply(init_bert_params)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
         """x: [B, T, d] projected (and possibly masked) features -> c: [B, T, d]."""

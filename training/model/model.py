@@ -18,6 +18,15 @@ from training.model.components import (
 from training.model.quantizer import GumbelVectorQuantizer
 
 
+def ctc_head(embed_dim: int, vocab_size: int) -> nn.Linear:
+    """The fine-tuning head d -> vocabulary: fairseq's ``Linear`` of wav2vec2_asr.py
+    (``xavier_uniform_`` weight, bias 0), not PyTorch's default init."""
+    head = nn.Linear(embed_dim, vocab_size)
+    nn.init.xavier_uniform_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class Features(NamedTuple):
     """Everything the losses need from one pass (see ``Wav2Vec2Model.extract``)."""
 
@@ -31,6 +40,13 @@ class Features(NamedTuple):
 class Wav2Vec2Model(nn.Module):
     """wav2vec 2.0: feature encoder f, feature projection, Transformer g; optionally a CTC head
     over the vocabulary (fine-tuning) and the quantizer with its projections (pre-training).
+
+    Initialization follows fairseq (a fresh model trains like fairseq's; imported checkpoints
+    overwrite all of it): conv encoder ``kaiming_normal_``; Transformer blocks BERT-style
+    (N(0, 0.02), bias 0); positional convolution N(0, sqrt(4/(k·d))); feature projection,
+    ``project_q`` and ``project_context`` PyTorch's default (fairseq's ``post_extract_proj``,
+    ``project_q``, ``final_proj``); mask embedding U[0, 1); quantizer scores W ~ N(0, 1), bias 0,
+    codebook U[0, 1); CTC head ``xavier_uniform_``, bias 0.
 
     ``forward(waveforms, lengths)`` returns ``(logits, frame_lengths)`` with the CTC head, or
     ``(context, frame_lengths)`` without; ``frame_lengths`` is None when ``lengths`` is.
@@ -53,7 +69,7 @@ class Wav2Vec2Model(nn.Module):
         self.mask_embedding = nn.Parameter(torch.empty(config.embed_dim).uniform_())
         self.final_dropout = nn.Dropout(config.final_dropout)
         self.ctc_head: Optional[nn.Linear] = (
-            nn.Linear(config.embed_dim, config.vocab_size) if config.vocab_size else None
+            ctc_head(config.embed_dim, config.vocab_size) if config.vocab_size else None
         )
         if config.quantizer:
             self.dropout_features = nn.Dropout(config.dropout_features)

@@ -1,3 +1,3 @@
-"""Triton Python-backend shim: the model lives in w2v_serve.triton_models."""
+"""Triton Python-backend shim: the model lives in w2v_serve.triton.models."""
 
-from w2v_serve.triton_models import OfflineModel as TritonPythonModel  # noqa: F401
+from w2v_serve.triton.models import OfflineModel as TritonPythonModel  # noqa: F401

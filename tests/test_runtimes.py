@@ -1,0 +1,197 @@
+"""Runtimes and precisions: the OpenVINO session adapter against ONNX Runtime, runtime selection,
+streaming under OpenVINO, and the precision check (w2v_serve.sessions, engine, precision).
+
+Tolerance of OpenVINO f32 against ONNX Runtime on the same graph: 1e-4 absolute on
+log-probabilities (measured about 1e-6 on the tiny model; both are fp32 with different kernels).
+Tests that need OpenVINO skip when it is not installed; the error for forcing it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import speech_like
+from tests.serve_helpers import tiny_model_dir
+from w2v_serve import sessions
+from w2v_serve.engine import Engine, EngineOptions, resolve_precision
+from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory, write_card
+from w2v_serve.sessions import EngineError, open_session, resolve_runtime
+
+ATOL = 1e-4
+needs_openvino = pytest.mark.skipif(not sessions.openvino_available(), reason="openvino is not installed")
+
+
+def _batch():
+    rows = [speech_like(n, seed=n, scale=0.3) for n in (16000, 9001)]
+    audio = np.zeros((2, 16000), np.float32)
+    for row, a in zip(audio, rows):
+        row[: len(a)] = a
+    return {"audio": audio, "lengths": np.array([16000, 9001], np.int64)}
+
+
+# ---------------------------------------------------------------------------- adapter
+@needs_openvino
+def test_openvino_session_gives_onnxruntime_logits_and_its_interface():
+    path = tiny_model_dir("attention") / "model.onnx"
+    ov, ort = open_session(path, runtime="openvino", threads=1), open_session(path, runtime="onnxruntime")
+    assert [i.name for i in ov.get_inputs()] == [i.name for i in ort.get_inputs()] == ["audio", "lengths"]
+    assert [o.name for o in ov.get_outputs()] == ["logits", "logit_lengths"]
+    assert ov.get_providers() == [sessions.OPENVINO_PROVIDER] and ov.threads == 1
+    feeds = _batch()
+    lengths, logits = ov.run(["logit_lengths", "logits"], feeds)     # any order of outputs
+    ref_logits, ref_lengths = ort.run(None, feeds)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    np.testing.assert_allclose(logits, ref_logits, atol=ATOL)
+    # Outputs belong to the caller: the next run (a request reused) does not overwrite them.
+    kept = logits.copy()
+    ov.run(None, {"audio": feeds["audio"][::-1].copy(), "lengths": feeds["lengths"][::-1].copy()})
+    np.testing.assert_array_equal(logits, kept)
+    with pytest.raises(EngineError, match="no output"):
+        ov.run(["nope"], feeds)
+
+
+@needs_openvino
+def test_openvino_session_is_safe_across_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tiny_model_dir("attention") / "model.onnx"
+    ov = open_session(path, runtime="openvino", threads=1)
+    feeds = _batch()
+    ref = ov.run(["logits"], feeds)[0]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: ov.run(["logits"], feeds)[0], range(8)))
+    for out in outs:
+        np.testing.assert_array_equal(out, ref)
+
+
+# ---------------------------------------------------------------------------- selection
+def test_runtime_selection_auto_and_forced(monkeypatch):
+    assert resolve_runtime("onnxruntime") == "onnxruntime"
+    assert resolve_runtime("auto") == ("openvino" if sessions.openvino_available() else "onnxruntime")
+    # A GPU provider wanted and present: auto keeps ONNX Runtime (CUDA / TensorRT).
+    monkeypatch.setattr(sessions, "gpu_providers_present", lambda providers=None: ["CUDAExecutionProvider"])
+    assert resolve_runtime("auto") == "onnxruntime"
+    with pytest.raises(EngineError, match="unknown runtime"):
+        resolve_runtime("tensorflow")
+
+
+def test_forcing_openvino_when_it_is_not_installed_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sessions, "openvino_available", lambda: False)
+    assert resolve_runtime("auto") == "onnxruntime"
+    with pytest.raises(EngineError, match=r"pip install 'w2v\[openvino\]'"):
+        Engine(tiny_model_dir("attention"), EngineOptions(runtime="openvino"))
+
+
+def test_precision_needs_its_runtime_and_its_cpu():
+    with pytest.raises(EngineError, match="openvino"):
+        Engine(tiny_model_dir("attention"), EngineOptions(runtime="onnxruntime", variant="bf16"))
+    with pytest.raises(EngineError, match="no 'int8' graph variant"):
+        Engine(tiny_model_dir("attention"), EngineOptions(runtime="onnxruntime", variant="int8"))
+
+
+@needs_openvino
+def test_engine_under_openvino_equals_onnxruntime():
+    model = tiny_model_dir("attention")
+    ov = Engine(model, EngineOptions(runtime="openvino"))
+    ort = Engine(model, EngineOptions(runtime="onnxruntime"))
+    assert ov.providers == (sessions.OPENVINO_PROVIDER,) and ov.precision == "fp32"
+    audio = [speech_like(n, seed=n) for n in (16000, 9000, 23456)]
+    for a, b in zip(ov.infer(audio), ort.infer(audio)):
+        np.testing.assert_allclose(a, b, atol=ATOL)
+
+
+@needs_openvino
+def test_streaming_under_openvino_gives_onnxruntime_transcripts():
+    from w2v_serve.streaming import StreamingConfig, StreamingRecognizer
+
+    model = tiny_model_dir("local")
+    cfg = StreamingConfig(chunk_ms=200, right_context_ms=100, endpoint_ms=400)
+    audio = np.concatenate([speech_like(16000, seed=1, scale=0.5), np.zeros(16000, np.float32),
+                            speech_like(12000, seed=2, scale=0.5)])
+
+    def finals(runtime: str) -> list[str]:
+        rec = StreamingRecognizer(model, cfg, runtime=runtime)
+        rec.start("s")
+        out = []
+        for k in range(0, len(audio), 1600):
+            out += rec.accept("s", audio[k:k + 1600], end=k + 1600 >= len(audio))
+        return [r.text for r in out if r.is_final]
+
+    ov = finals("openvino")
+    assert ov == finals("onnxruntime") and any(ov)
+
+
+# ---------------------------------------------------------------------------- precision check
+def _with_corrupted_int8(tmp_path) -> ModelDirectory:
+    """A copy of the tiny model whose "int8" variant is its fp32 graph with every weight jittered
+    by 50%: a precision that loses the answers."""
+    import onnx
+    from onnx import numpy_helper
+
+    src = tiny_model_dir("attention")
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    graph = onnx.load(str(dst / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for init in graph.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.size > 16:
+            init.CopyFrom(numpy_helper.from_array((w * (1 + 0.5 * rng.standard_normal(w.shape))).astype(np.float32),
+                                                  init.name))
+    onnx.save(graph, str(dst / "model.bad.onnx"))
+    model = ModelDirectory.load(dst)
+    model.card.variants["int8"] = {**model.card.variants["fp32"], "model": "model.bad.onnx"}
+    write_card(dst, model.card)
+    return ModelDirectory.load(dst)
+
+
+def test_precision_check_rejects_a_precision_that_changes_the_answers(tmp_path):
+    from w2v_serve.precision import check_precisions, write_record
+
+    model = _with_corrupted_int8(tmp_path)
+    audios = [speech_like(n, seed=n, scale=0.3) for n in (16000, 24000)]
+    record = check_precisions(model, audios, runtimes=["onnxruntime"], precisions=["fp32", "bf16", "int8"],
+                              threads=1, repeats=1)
+    results = record["results"]["onnxruntime"]
+    assert results["fp32"]["passed"] and results["fp32"]["agreement"] == 1.0
+    assert not results["int8"]["passed"] and results["int8"]["agreement"] < 0.995
+    assert results["bf16"] == {"available": False, "reason": "bf16 runs on the openvino runtime only",
+                               "passed": False}
+    assert record["default"]["onnxruntime"] == "fp32"
+    # Even when the rejected one measured fastest, the engine's default stays on what passed.
+    results["int8"]["rtf"] = results["fp32"]["rtf"] / 10
+    write_record(model, record)
+    assert json.loads((model.path / PRECISION_CHECK_NAME).read_text())["threshold"] == 0.995
+    assert Engine(model, EngineOptions(runtime="onnxruntime")).precision == "fp32"
+    # And when it passed and is fastest, it is the default.
+    results["int8"]["passed"] = True
+    write_record(model, record)
+    assert resolve_precision(ModelDirectory.load(model.path), "auto", "onnxruntime") == "int8"
+    assert resolve_precision(ModelDirectory.load(model.path), "auto", "openvino") == "fp32"   # no record for it
+
+
+def test_precision_check_threshold_rejects_everything_above_one(tmp_path):
+    from w2v_serve.precision import check_precisions
+
+    record = check_precisions(tiny_model_dir("attention"), [speech_like(16000, seed=4)], runtimes=["onnxruntime"],
+                              precisions=["fp32"], threshold=1.01, repeats=1)
+    assert not record["results"]["onnxruntime"]["fp32"]["passed"]
+    assert record["default"]["onnxruntime"] == "fp32"        # nothing passed: the safe fallback
+
+
+def test_runtime_and_precision_flags_are_shared(tmp_path):
+    from w2v_serve.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["transcribe", "x.wav"], ["eval", "m.tsv", "--model", "M"], ["serve"]):
+        args = parser.parse_args([*argv, "--runtime", "onnxruntime"])
+        assert args.runtime == "onnxruntime"
+    args = parser.parse_args(["transcribe", "x.wav", "--precision", "int8"])
+    assert (args.runtime, args.variant) == ("auto", "int8")
+    assert parser.parse_args(["transcribe", "x.wav", "--variant", "fp16"]).variant == "fp16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["transcribe", "x.wav", "--runtime", "tvm"])

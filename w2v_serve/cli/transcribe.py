@@ -1,0 +1,228 @@
+"""``w2v transcribe FILE...``: batch transcription to text, JSON lines, SRT or WebVTT.
+
+Inputs: files, directories (audio files under them, recursively) and glob patterns, in the order
+given (each directory's and pattern's matches sorted). Results come out in that order; a file that
+fails is reported (stderr; in JSON lines as ``{"path", "error"}``) and the others still run; the
+exit code is 1 if any failed. A progress bar (files, audio hours, ETA) goes to stderr when it is a
+terminal.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, TextIO
+
+from w2v_serve.cli import CommandError, handler
+from w2v_serve.cli.options import add_decoder_flags, add_runtime_flag, add_variant_flag, decoder_options
+from w2v_serve.transcribe import TranscriptionResult
+
+AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
+FORMATS = ("text", "jsonl", "srt", "vtt")
+OUTPUT_SUFFIX = {"text": ".txt", "jsonl": ".json", "srt": ".srt", "vtt": ".vtt"}
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files (text, JSON lines, SRT, WebVTT)",
+                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, directories or glob patterns")
+    src = p.add_argument_group("model")
+    src.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
+    src.add_argument("--triton", metavar="HOST:PORT", help="run the acoustic model on a Triton server")
+    add_runtime_flag(src)
+    add_variant_flag(src)
+    add_decoder_flags(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--format", choices=FORMATS, default="text")
+    out.add_argument("--output-dir", metavar="DIR", help="write one file per input here instead of stdout")
+    run = p.add_argument_group("performance")
+    run.add_argument("--batch-size", type=int, default=8, metavar="N", help="files (or windows) per model run")
+    run.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads (default: all cores)")
+    run.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
+                     help="longer recordings run in overlapping windows of this length")
+    p.set_defaults(func=handler("w2v_serve.cli.transcribe:cmd_transcribe"))
+
+
+# ---------------------------------------------------------------------------- inputs
+def expand_inputs(args: Iterable[str]) -> list[str]:
+    """Files as given (missing ones too: they fail with "no such file"), directories to their
+    audio files, glob patterns to their matches; a pattern with no match is kept (and fails)."""
+    out: list[str] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif not path.exists() and glob.has_magic(arg):
+            matches = sorted(m for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            out += matches or [arg]
+        else:
+            out.append(arg)
+    return out
+
+
+# ---------------------------------------------------------------------------- formats
+def format_timestamp(seconds: float, sep: str) -> str:
+    ms = int(round(max(seconds, 0.0) * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def subtitle_cues(result: TranscriptionResult, max_chars: int = 42, max_seconds: float = 6.0,
+                  max_gap: float = 1.0) -> list[tuple[float, float, str]]:
+    """Words grouped into cues: a new cue after a pause, or when a line would get too long."""
+    cues: list[tuple[float, float, str]] = []
+    words: list = []
+    for w in result.words:
+        if words and (w.start_s - words[-1].end_s > max_gap or w.end_s - words[0].start_s > max_seconds
+                      or len(" ".join(x.word for x in words)) + 1 + len(w.word) > max_chars):
+            cues.append((words[0].start_s, words[-1].end_s, " ".join(x.word for x in words)))
+            words = []
+        words.append(w)
+    if words:
+        cues.append((words[0].start_s, words[-1].end_s, " ".join(x.word for x in words)))
+    return cues
+
+
+def render(result: TranscriptionResult, fmt: str) -> str:
+    if fmt == "jsonl":
+        return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+    if fmt == "text":
+        return result.text + "\n"
+    cues = subtitle_cues(result)
+    if fmt == "srt":
+        return "".join(f"{i}\n{format_timestamp(a, ',')} --> {format_timestamp(b, ',')}\n{t}\n\n"
+                       for i, (a, b, t) in enumerate(cues, 1))
+    return "WEBVTT\n\n" + "".join(f"{format_timestamp(a, '.')} --> {format_timestamp(b, '.')}\n{t}\n\n"
+                                  for a, b, t in cues)
+
+
+class _Writer:
+    """Sends each result where --format / --output-dir say, in input order."""
+
+    def __init__(self, fmt: str, output_dir: Optional[str], n_inputs: int, stdout: TextIO):
+        self.fmt, self.stdout, self.n_inputs = fmt, stdout, n_inputs
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.used: set[str] = set()
+        if self.output_dir:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, result: TranscriptionResult) -> None:
+        if not result.ok:
+            print(f"w2v transcribe: {result.error}", file=sys.stderr)
+            if self.fmt == "jsonl" and self.output_dir is None:
+                self.stdout.write(render(result, "jsonl"))
+            return
+        text = render(result, self.fmt)
+        if self.output_dir is None:
+            if self.fmt == "text" and self.n_inputs > 1:
+                text = f"{result.path}: {text}"
+            self.stdout.write(text)
+            self.stdout.flush()
+            return
+        target = self._target(result.path or "array")
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+
+    def _target(self, path: str) -> Path:
+        stem, n = Path(path).stem, 1
+        name = stem + OUTPUT_SUFFIX[self.fmt]
+        while name in self.used:            # same name from different folders
+            n += 1
+            name = f"{stem}-{n}{OUTPUT_SUFFIX[self.fmt]}"
+        self.used.add(name)
+        return self.output_dir / name
+
+
+# ---------------------------------------------------------------------------- progress
+class _Progress:
+    """tqdm bar over audio hours with a files counter; nothing when stderr is not a terminal."""
+
+    def __init__(self, paths: list[str], enabled: bool):
+        self.bar = None
+        self.done = 0
+        self.n = len(paths)
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        from w2v_serve.audio import AudioError, probe
+
+        total = 0.0
+        for p in paths:
+            try:
+                total += probe(p).duration_s
+            except AudioError:
+                pass
+        self.bar = tqdm(total=round(total / 3600, 4), unit="h", unit_scale=False, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]{postfix}",
+                        desc="transcribe", dynamic_ncols=True)
+        self.bar.set_postfix_str(f"files 0/{self.n}")
+
+    def update(self, result: TranscriptionResult) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(result.duration_s / 3600)
+            self.bar.set_postfix_str(f"files {self.done}/{self.n}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------- command
+def cmd_transcribe(args) -> int:
+    from w2v_serve.engine import EngineOptions
+    from w2v_serve.model_dir import default_model_dir
+    from w2v_serve.transcribe import Transcriber
+
+    paths = expand_inputs(args.inputs)
+    if args.format in ("srt", "vtt") and len(paths) > 1 and not args.output_dir:
+        raise CommandError(f"--format {args.format} for {len(paths)} files needs --output-dir DIR (one file each)")
+    if args.triton:
+        return _run(_triton_transcriber(args), paths, args)
+    model = args.model or default_model_dir()
+    if model is None:
+        raise CommandError("no bundled default model in this installation yet; pass --model DIR "
+                           "(a directory written by `w2v export CKPT --out DIR`)")
+    decoder = decoder_options(args, model)
+    engine = EngineOptions(variant=args.variant, runtime=args.runtime, threads=args.threads,
+                           batch_size=args.batch_size, window_s=args.window)
+    transcriber = Transcriber(model, decoder=decoder, engine_options=engine)
+    return _run(transcriber, paths, args)
+
+
+def _triton_transcriber(args):
+    """The server's ``offline`` model decodes; its LM is configured on the server."""
+    from w2v_serve.decoding import decoder_method
+    from w2v_serve.triton.client import TritonClientError, TritonTranscriber
+
+    if args.lm:
+        raise CommandError("--lm is not used with --triton: the language model is set on the server "
+                           "(the offline model's 'lm' parameter)")
+    method = decoder_method(args.decoder, args.hotword, default=None)   # None: the server's default
+    try:
+        return TritonTranscriber(args.triton, decoder=method, beam_width=args.beam_width if method == "beam" else None,
+                                 hotwords=args.hotword)
+    except TritonClientError as e:
+        raise CommandError(str(e)) from e
+
+
+def _run(transcriber, paths: list[str], args) -> int:
+    writer = _Writer(args.format, args.output_dir, len(paths), sys.stdout)
+    progress = _Progress(paths, enabled=sys.stderr.isatty() and not os.environ.get("W2V_NO_PROGRESS"))
+    failed = 0
+    try:
+        for result in transcriber.transcribe_iter(paths, on_result=progress.update):
+            failed += not result.ok
+            writer.write(result)
+    finally:
+        progress.close()
+    if failed:
+        print(f"w2v transcribe: {failed} of {len(paths)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0

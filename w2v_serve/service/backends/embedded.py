@@ -1,0 +1,144 @@
+"""The in-process backend: the model runs here (ONNX Runtime or OpenVINO, ``runtime``).
+
+Streams use ``StreamingRecognizer`` (one per decoder setting, all sharing the same two ONNX
+sessions) through the single ``InferenceWorker`` thread; ``Recognize`` uses ``Transcriber`` over
+one shared ``Engine`` (model.onnx), on a thread of its own so a long file does not stall streams'
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from w2v_serve.service.backends import StreamOptions
+from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions, decoder_method
+from w2v_serve.service.backends.inference_worker import InferenceWorker
+from w2v_serve.model_dir import ModelDirectory
+from w2v_serve.service.errors import ServiceError, invalid_argument
+from w2v_serve.engine import Engine, EngineOptions, choose_runtime_and_precision
+from w2v_serve.sessions import STREAMING_PROVIDERS
+from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer, StreamResult, open_streaming_session
+from w2v_serve.transcribe import Transcriber, TranscriptionResult
+
+# Each distinct (method, beam width) gets its own recognizer and decoder (an LM is loaded per
+# beam decoder), so the number of distinct settings a server will build is capped.
+MAX_DECODER_SETTINGS = 8
+
+
+def resolve_decoder(default: DecoderOptions, options: StreamOptions) -> DecoderOptions:
+    """The server's decoder options with a request's method and beam width applied."""
+    width = options.beam_width or default.beam_width
+    try:
+        method = decoder_method(options.method, options.hotwords, default=default.method)
+        if method == GREEDY:
+            return DecoderOptions(method=GREEDY, beam_width=width)
+        return replace(default, method=BEAM, beam_width=width, hotwords=())
+    except DecoderError as e:
+        raise invalid_argument(str(e)) from None
+
+
+class EmbeddedStream:
+    def __init__(self, backend: "EmbeddedBackend", recognizer: StreamingRecognizer, options: StreamOptions) -> None:
+        self._backend, self._rec, self._options = backend, recognizer, options
+        self.stream_id = next(backend._ids)
+        self.description = "embedded"
+        self._open = True
+        recognizer.start(self.stream_id)
+
+    async def send(self, audio: np.ndarray, *, end: bool) -> list[StreamResult]:
+        future = self._backend.worker.submit(self._rec, self.stream_id, audio, end=end,
+                                             hotwords=self._options.hotwords or None,
+                                             partials=self._options.interim_results)
+        try:
+            results = await asyncio.wrap_future(future)
+        except StreamError as e:
+            self._open = False
+            raise invalid_argument(str(e)) from None
+        if end:
+            self._open = False   # the recognizer closed it with the final result
+        return results
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._backend.worker.close(self._rec, self.stream_id)
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, model_dir: str | Path, stream_config: StreamingConfig = StreamingConfig(),
+                 decoder: DecoderOptions = DecoderOptions(), runtime: str = "auto") -> None:
+        self.model = ModelDirectory.load(model_dir)
+        # Runtime and precision of the streaming sessions and the Engine, chosen once for both.
+        self.runtime, self.precision = choose_runtime_and_precision(self.model, runtime, "auto", STREAMING_PROVIDERS)
+        self.stream_config = stream_config
+        self.decoder = decoder
+        self.sample_rate = self.model.card.sample_rate
+        self.worker = InferenceWorker()
+        self._ids = itertools.count(1)
+        self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._recognizers: dict[DecoderOptions, StreamingRecognizer] = {}
+        self._recognizer(decoder)   # load the sessions now: a bad model fails at start-up
+        self._offline_thread = ThreadPoolExecutor(1, thread_name_prefix="w2v-recognize")
+        self._transcribers: dict[DecoderOptions, object] = {}
+        self._engine = None
+
+    def _session(self, path: str):
+        if path not in self._sessions:
+            self._sessions[path] = open_streaming_session(path, runtime=self.runtime, precision=self.precision)
+        return self._sessions[path]
+
+    def _recognizer(self, options: DecoderOptions) -> StreamingRecognizer:
+        with self._lock:
+            rec = self._recognizers.get(options)
+            if rec is None:
+                if len(self._recognizers) >= MAX_DECODER_SETTINGS:
+                    raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"this server builds at most {MAX_DECODER_SETTINGS} decoder settings; "
+                                       "use the default decoder or one already in use")
+                rec = StreamingRecognizer(self.model, self.stream_config, options, session_factory=self._session,
+                                          runtime=self.runtime, precision=self.precision)
+                self._recognizers[options] = rec
+            return rec
+
+    async def open_stream(self, options: StreamOptions) -> EmbeddedStream:
+        rec = self._recognizer(resolve_decoder(self.decoder, options))
+        return EmbeddedStream(self, rec, options)
+
+    async def recognize(self, audio: np.ndarray, options: StreamOptions) -> TranscriptionResult:
+        decoder = resolve_decoder(self.decoder, options)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._offline_thread, self._transcribe, audio, decoder, options.hotwords)
+
+    def _transcribe(self, audio: np.ndarray, decoder: DecoderOptions, hotwords: tuple[str, ...]) -> TranscriptionResult:
+        if self._engine is None:
+            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
+        t = self._transcribers.get(decoder)
+        if t is None:
+            t = self._transcribers[decoder] = Transcriber(engine=self._engine, decoder=decoder)
+        result = t.transcribe(audio, sample_rate=self.sample_rate, hotwords=list(hotwords) or None)
+        if result.error:
+            raise invalid_argument(result.error)
+        return result
+
+    @property
+    def active_streams(self) -> int:
+        """Streams holding state in the recognizers (the worker applies closes in order)."""
+        return sum(r.active_streams for r in list(self._recognizers.values()))
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.worker.stop()
+        self._offline_thread.shutdown(wait=False)

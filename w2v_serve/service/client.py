@@ -1,0 +1,144 @@
+"""A Python client of the w2v.v1 service, and ``w2v stream``.
+
+    from w2v_serve.service.client import RecognizerClient
+
+    with RecognizerClient("127.0.0.1:50051", token="...") as client:
+        for result in client.stream_file("call.wav", realtime=True):
+            print(result["is_final"], result["text"])
+        print(client.recognize_file("call.wav")["text"])
+
+Results are dicts shaped like the offline ones: ``{"is_final", "text", "stability", "start_s",
+"end_s", "words": [{"word", "start_s", "end_s", "confidence"}]}``. Files are sent as FLOAT32 at
+their own rate and channel count (the server averages channels and resamples, as ``w2v
+transcribe`` does), so a 16 kHz file reaches the model exactly as offline transcription reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import grpc
+import numpy as np
+import soundfile as sf
+
+from w2v_serve.service.proto import w2v_pb2 as pb
+from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
+from w2v_serve.service.auth import bearer_metadata
+
+_METHODS = {None: pb.DECODER_UNSPECIFIED, "greedy": pb.GREEDY, "beam": pb.BEAM}
+
+
+class RecognizerError(RuntimeError):
+    """The service ended a call with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+def result_dict(r: pb.StreamingRecognitionResult) -> dict:
+    return {"is_final": r.is_final, "text": r.transcript, "stability": round(r.stability, 3),
+            "start_s": round(r.start_s, 3), "end_s": round(r.end_s, 3),
+            "words": [{"word": w.word, "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3),
+                       "confidence": round(w.confidence, 4)} for w in r.words]}
+
+
+def final_text(results: Iterable[dict]) -> str:
+    """The whole transcript: the finals' texts joined."""
+    return " ".join(r["text"] for r in results if r["is_final"] and r["text"])
+
+
+class RecognizerClient:
+    def __init__(self, server: str, *, token: Optional[str] = None, tls: bool = False,
+                 tls_ca: Optional[str] = None, timeout_s: Optional[float] = None) -> None:
+        if tls or tls_ca:
+            creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None)
+            self.channel = grpc.secure_channel(server, creds)
+        else:
+            self.channel = grpc.insecure_channel(server)
+        self.stub = pb_grpc.RecognizerStub(self.channel)
+        self.metadata = bearer_metadata(token)
+        self.timeout_s = timeout_s
+
+    def config(self, *, encoding: str = "FLOAT32", sample_rate: int = 16000, channels: int = 1,
+               hotwords: Sequence[str] = (), decoder: Optional[str] = None, beam_width: int = 0) -> pb.RecognitionConfig:
+        return pb.RecognitionConfig(encoding=pb.AudioEncoding.Value(encoding), sample_rate_hz=sample_rate,
+                                    audio_channel_count=channels, hotwords=list(hotwords),
+                                    decoder=pb.DecoderConfig(method=_METHODS[decoder], beam_width=beam_width))
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, chunks: Iterable[bytes], config: pb.RecognitionConfig, *,
+               interim_results: bool = True) -> Iterator[dict]:
+        """Send the config then each chunk of encoded audio; yield results as they come."""
+        def requests():
+            yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+                config=config, interim_results=interim_results))
+            for chunk in chunks:
+                yield pb.StreamingRecognizeRequest(audio_content=bytes(chunk))
+
+        call = self.stub.StreamingRecognize(requests(), metadata=self.metadata, timeout=self.timeout_s)
+        try:
+            for response in call:
+                for r in response.results:
+                    yield result_dict(r)
+        except grpc.RpcError as e:
+            raise RecognizerError(e.code(), e.details()) from None
+        finally:
+            call.cancel()   # a caller that stops iterating early frees the server's stream
+
+    def stream_audio(self, audio: np.ndarray, sample_rate: int = 16000, *, chunk_ms: int = 100,
+                     realtime: bool = False, **kwargs) -> Iterator[dict]:
+        """A float32 array ([samples] or [samples, channels]) streamed in ``chunk_ms`` pieces."""
+        audio = np.asarray(audio, dtype=np.float32)
+        channels = 1 if audio.ndim == 1 else audio.shape[1]
+        step = max(1, sample_rate * chunk_ms // 1000)
+        pieces = (audio[i:i + step] for i in range(0, len(audio), step))
+        interim = kwargs.pop("interim_results", True)
+        config = self.config(encoding="FLOAT32", sample_rate=sample_rate, channels=channels, **kwargs)
+        chunks = (np.ascontiguousarray(p, dtype="<f4").tobytes() for p in pieces)
+        return self.stream(paced(chunks, chunk_ms / 1000) if realtime else chunks, config, interim_results=interim)
+
+    def stream_file(self, path: str | Path, **kwargs) -> Iterator[dict]:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        if data.shape[1] == 1:
+            data = data[:, 0]
+        return self.stream_audio(data, rate, **kwargs)
+
+    # ------------------------------------------------------------------ whole audio
+    def recognize(self, audio: np.ndarray, sample_rate: int = 16000, **kwargs) -> dict:
+        audio = np.asarray(audio, dtype=np.float32)
+        channels = 1 if audio.ndim == 1 else audio.shape[1]
+        config = self.config(encoding="FLOAT32", sample_rate=sample_rate, channels=channels, **kwargs)
+        try:
+            r = self.stub.Recognize(pb.RecognizeRequest(config=config, audio_content=audio.astype("<f4").tobytes()),
+                                    metadata=self.metadata, timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            raise RecognizerError(e.code(), e.details()) from None
+        return {"text": r.transcript, "duration_s": round(r.duration_s, 3),
+                "words": [{"word": w.word, "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3),
+                           "confidence": round(w.confidence, 4)} for w in r.words]}
+
+    def recognize_file(self, path: str | Path, **kwargs) -> dict:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return self.recognize(data[:, 0] if data.shape[1] == 1 else data, rate, **kwargs)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RecognizerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def paced(chunks: Iterable[bytes], seconds_each: float) -> Iterator[bytes]:
+    """Yield chunk k no earlier than k * seconds_each after the first: audio at playback speed."""
+    start = time.monotonic()
+    for k, chunk in enumerate(chunks):
+        delay = start + k * seconds_each - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        yield chunk

@@ -1,0 +1,384 @@
+"""The gRPC recognition service (``w2v serve``): w2v.v1.Recognizer over a backend.
+
+One asyncio event loop handles every call; the model runs elsewhere (the embedded backend's
+inference thread, or Triton), so a stream waiting for audio or for the model costs no thread.
+Each stream has a reader task that moves requests into a small queue; the handler takes them
+with a short timeout, which is what lets it end an idle stream (DEADLINE_EXCEEDED) and notice a
+backend server that went away while the client is quiet. A client that vanishes cancels its
+handler: the ``finally`` closes the backend stream at once.
+
+Shutdown (SIGTERM, SIGINT): health turns NOT_SERVING, new calls get UNAVAILABLE, open streams
+have the grace period to finish, then whatever is left is cancelled and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from w2v_serve.decoding import Word
+from w2v_serve.service.auth import BearerTokenInterceptor
+from w2v_serve.service.backends import Backend, StreamOptions
+from w2v_serve.service.pcm import AudioFormat, ChunkDecoder, ChunkError
+from w2v_serve.service.proto import w2v_pb2 as pb
+from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
+from w2v_serve.service.errors import ServiceError, invalid_argument, unavailable
+from w2v_serve.service.metrics import ServiceMetrics
+from w2v_serve.streaming import StreamResult
+
+log = logging.getLogger("w2v.serve")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
+_POLL_S = 0.25            # how often a waiting stream checks its idle time and its backend
+_MAX_HOTWORDS, _MAX_BEAM_WIDTH = 256, 1024
+_METHODS = {pb.DECODER_UNSPECIFIED: None, pb.GREEDY: "greedy", pb.BEAM: "beam"}
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_streams: int = 64                 # concurrent streams (RESOURCE_EXHAUSTED beyond)
+    max_chunk_bytes: int = 1 << 20        # one audio message (INVALID_ARGUMENT beyond)
+    max_stream_seconds: float = 3600.0    # audio per stream or Recognize call (OUT_OF_RANGE beyond)
+    idle_timeout_s: float = 30.0          # no request for this long (DEADLINE_EXCEEDED)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC's own cap on a request: room for a chunk, and for Recognize's whole audio up to
+        ten minutes of 16 kHz float32 (longer files belong on a stream)."""
+        return max(self.max_chunk_bytes + 4096, 10 * 60 * 16000 * 4 + 4096)
+
+
+# ---------------------------------------------------------------------------- config and results
+def parse_config(config: pb.RecognitionConfig) -> tuple[AudioFormat, StreamOptions]:
+    if config.encoding == pb.ENCODING_UNSPECIFIED:
+        raise invalid_argument("config.encoding is required: LINEAR16 or FLOAT32")
+    if config.encoding not in pb.AudioEncoding.values():
+        raise invalid_argument(f"unknown audio encoding {config.encoding}; use LINEAR16 or FLOAT32")
+    try:
+        fmt = AudioFormat(pb.AudioEncoding.Name(config.encoding), config.sample_rate_hz,
+                          config.audio_channel_count or 1)
+    except ChunkError as e:
+        raise invalid_argument(str(e)) from None
+    if config.decoder.method not in _METHODS:
+        raise invalid_argument(f"unknown decoder method {config.decoder.method}; use GREEDY or BEAM")
+    if not 0 <= config.decoder.beam_width <= _MAX_BEAM_WIDTH:
+        raise invalid_argument(f"decoder.beam_width must be in 0..{_MAX_BEAM_WIDTH}")
+    hotwords = tuple(h.strip() for h in config.hotwords if h.strip())
+    if len(hotwords) > _MAX_HOTWORDS:
+        raise invalid_argument(f"at most {_MAX_HOTWORDS} hotwords")
+    return fmt, StreamOptions(hotwords=hotwords, method=_METHODS[config.decoder.method],
+                              beam_width=config.decoder.beam_width)
+
+
+def _words(words: Sequence[Word]) -> list[pb.WordInfo]:
+    return [pb.WordInfo(word=w.word, start_s=round(w.start_s, 3), end_s=round(w.end_s, 3),
+                        confidence=round(w.confidence, 4)) for w in words]
+
+
+def _result(r: StreamResult) -> pb.StreamingRecognitionResult:
+    return pb.StreamingRecognitionResult(is_final=r.is_final, transcript=r.text, stability=round(r.stability, 3),
+                                         words=_words(r.transcript.words), start_s=round(r.start_s, 3),
+                                         end_s=round(r.end_s, 3))
+
+
+# ---------------------------------------------------------------------------- the servicer
+_EOF = object()
+
+
+class _ClientGone(Exception):
+    """The client cancelled or its connection closed: nothing to answer, only state to free."""
+
+
+class RecognizerService(pb_grpc.RecognizerServicer):
+    def __init__(self, backend: Backend, limits: ServiceLimits, metrics: ServiceMetrics) -> None:
+        self.backend, self.limits, self.metrics = backend, limits, metrics
+        self.open_streams = 0
+        self.draining = False
+        self._none_open: Optional[asyncio.Event] = None
+
+    # -------------------------------------------------------------- StreamingRecognize
+    async def StreamingRecognize(self, request_iterator, context):
+        try:
+            await self._streaming(request_iterator, context)
+            return
+        except ServiceError as e:
+            error = e
+        except ChunkError as e:
+            error = invalid_argument(str(e))
+        except (asyncio.CancelledError, _ClientGone) as e:
+            self.metrics.error(grpc.StatusCode.CANCELLED)     # the client went away
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        except Exception as e:  # a bug: the client gets INTERNAL, the log gets the traceback
+            log.exception("stream failed")
+            error = ServiceError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        self.metrics.error(error.code)
+        await context.abort(error.code, error.message)
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise unavailable("the server is shutting down; retry on another instance")
+        if self.open_streams >= self.limits.max_streams:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"too many streams: this server takes {self.limits.max_streams} at once")
+
+    async def _streaming(self, request_iterator, context) -> None:
+        self._admit()
+        self.open_streams += 1
+        self.metrics.streams_open.inc()
+        self.metrics.streams.inc()
+        requests: asyncio.Queue = asyncio.Queue(maxsize=32)   # bounded: a fast sender waits
+        reader = asyncio.create_task(self._read(request_iterator, requests, context))
+        # A client that vanishes ends the handler at once, wherever it waits (the model included).
+        handler = asyncio.current_task()
+        context.add_done_callback(lambda ctx: handler.cancel() if ctx.cancelled() and not handler.done() else None)
+        stream = None
+        try:
+            last_request = time.monotonic()
+
+            async def next_request():
+                nonlocal last_request
+                while True:
+                    remaining = self.limits.idle_timeout_s - (time.monotonic() - last_request)
+                    if remaining <= 0:
+                        raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                           f"no request for {self.limits.idle_timeout_s:g} s (idle timeout)")
+                    try:
+                        item = await asyncio.wait_for(requests.get(), min(_POLL_S, remaining))
+                    except asyncio.TimeoutError:
+                        if stream is not None:
+                            stream_check(stream)
+                        continue
+                    if isinstance(item, BaseException):
+                        raise item
+                    last_request = time.monotonic()
+                    return item
+
+            first, _ = await next_request()
+            if first is _EOF:
+                raise invalid_argument("the stream ended before its config")
+            if not first.HasField("streaming_config"):
+                raise invalid_argument("the first request must carry streaming_config (audio came before the config)")
+            fmt, options = parse_config(first.streaming_config.config)
+            options = StreamOptions(first.streaming_config.interim_results, options.hotwords, options.method,
+                                    options.beam_width)
+            stream = await self.backend.open_stream(options)
+            audio_in = ChunkDecoder(fmt, self.backend.sample_rate)
+            received = 0
+            while True:
+                request, arrived = await next_request()
+                if request is _EOF:
+                    results = await stream.send(audio_in.finish(), end=True)
+                    await self._write(context, results, arrived)
+                    return
+                if request.HasField("streaming_config"):
+                    raise invalid_argument("streaming_config may only be sent once, first")
+                data = request.audio_content
+                if len(data) > self.limits.max_chunk_bytes:
+                    raise invalid_argument(f"audio chunk of {len(data)} bytes is over the limit of "
+                                           f"{self.limits.max_chunk_bytes} bytes")
+                received += len(data)
+                if fmt.seconds(received) > self.limits.max_stream_seconds:
+                    raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                                       f"stream is over the limit of {self.limits.max_stream_seconds:g} s of audio")
+                audio = audio_in.decode(data)
+                self.metrics.audio_seconds.labels(rpc="streaming").inc(fmt.seconds(len(data)))
+                results = await stream.send(audio, end=False)
+                await self._write(context, results, arrived)
+        finally:
+            reader.cancel()
+            if stream is not None:
+                stream.close()       # not awaited: nothing may interrupt the bookkeeping below
+            self.open_streams -= 1
+            self.metrics.streams_open.dec()
+            if self.open_streams == 0 and self._none_open is not None:
+                self._none_open.set()
+
+    @staticmethod
+    async def _read(request_iterator, requests: asyncio.Queue, context) -> None:
+        try:
+            async for request in request_iterator:
+                await requests.put((request, time.monotonic()))
+            # The requests also end when the client cancels: that is not an end of audio.
+            await requests.put(_ClientGone() if context.cancelled() else (_EOF, time.monotonic()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # the call broke: the handler sees it on its next take
+            await requests.put(_ClientGone() if context.cancelled() else unavailable(f"reading the stream failed: {e}"))
+
+    async def _write(self, context, results: list[StreamResult], arrived: float) -> None:
+        if not results:
+            return
+        try:
+            await context.write(pb.StreamingRecognizeResponse(results=[_result(r) for r in results]))
+        except Exception:
+            # A write fails only when the call is over from under us: the client cancelled or its
+            # connection closed (which can look like an end of audio to the reader just before).
+            raise _ClientGone() from None
+        latency = time.monotonic() - arrived
+        for kind in {("final" if r.is_final else "partial") for r in results}:
+            self.metrics.latency.labels(kind=kind).observe(latency)
+
+    # -------------------------------------------------------------- Recognize
+    async def Recognize(self, request: pb.RecognizeRequest, context) -> pb.RecognizeResponse:
+        start = time.monotonic()
+        try:
+            if self.draining:
+                raise unavailable("the server is shutting down; retry on another instance")
+            fmt, options = parse_config(request.config)
+            if not request.audio_content:
+                raise invalid_argument("audio_content is empty")
+            if fmt.seconds(len(request.audio_content)) > self.limits.max_stream_seconds:
+                raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
+                                   f"audio is over the limit of {self.limits.max_stream_seconds:g} s")
+            decoder = ChunkDecoder(fmt, self.backend.sample_rate)
+            audio = np.concatenate([decoder.decode(request.audio_content), decoder.finish()])
+            self.metrics.audio_seconds.labels(rpc="recognize").inc(fmt.seconds(len(request.audio_content)))
+            result = await self.backend.recognize(audio, options)
+        except (ServiceError, ChunkError) as e:
+            error = e if isinstance(e, ServiceError) else invalid_argument(str(e))
+            self.metrics.error(error.code)
+            await context.abort(error.code, error.message)
+        self.metrics.recognize_latency.observe(time.monotonic() - start)
+        return pb.RecognizeResponse(transcript=result.text, words=_words(result.words),
+                                    duration_s=round(result.duration_s, 3))
+
+    # -------------------------------------------------------------- shutdown
+    async def wait_until_none_open(self, timeout_s: float) -> bool:
+        self._none_open = asyncio.Event()
+        if self.open_streams == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._none_open.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+def stream_check(stream) -> None:
+    check = getattr(stream, "check", None)
+    if check is not None:
+        check()
+
+
+# ---------------------------------------------------------------------------- the server
+class RecognitionServer:
+    """The gRPC server with the recognizer, health checking, reflection, auth and metrics."""
+
+    def __init__(self, backend: Backend, *, host: str = "127.0.0.1", port: int = 0, limits: ServiceLimits = ServiceLimits(),
+                 auth_token: Optional[str] = None, tls: Optional[tuple[bytes, bytes]] = None,
+                 metrics_port: Optional[int] = None, grace_period_s: float = 30.0) -> None:
+        self.backend, self.host, self.requested_port = backend, host, port
+        self.limits, self.auth_token, self.tls = limits, auth_token, tls
+        self.metrics = ServiceMetrics()
+        self.metrics.backend_streams.set_function(lambda: backend.active_streams)
+        self.metrics_port_requested = metrics_port
+        self.grace_period_s = grace_period_s
+        self.service = RecognizerService(backend, limits, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.port: Optional[int] = None
+        self.metrics_port: Optional[int] = None
+        self._server: Optional[grpc.aio.Server] = None
+        self._drain_task: Optional[asyncio.Task] = None
+
+    async def start(self) -> int:
+        interceptors = []
+        if self.auth_token:
+            interceptors.append(BearerTokenInterceptor(
+                self.auth_token, on_reject=lambda: self.metrics.error(grpc.StatusCode.UNAUTHENTICATED)))
+        size = self.limits.max_message_bytes
+        server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0)])
+        pb_grpc.add_RecognizerServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        address = f"{self.host}:{self.requested_port}"
+        if self.tls:
+            cert, key = self.tls
+            self.port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics_port_requested is not None:
+            self.metrics_port = self.metrics.serve_http(self.metrics_port_requested, self.host)
+        return self.port
+
+    def drain(self) -> asyncio.Task:
+        """Begin a graceful shutdown (idempotent); the task ends when the server has stopped."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain())
+        return self._drain_task
+
+    async def _drain(self) -> None:
+        self.service.draining = True
+        await self.health.enter_graceful_shutdown()     # every service NOT_SERVING
+        open_now = self.service.open_streams
+        if open_now:
+            log.info("draining %d open stream(s), up to %g s", open_now, self.grace_period_s)
+        finished = await self.service.wait_until_none_open(self.grace_period_s)
+        if not finished:
+            log.warning("grace period over: cancelling %d stream(s)", self.service.open_streams)
+        await self._server.stop(0)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.backend.close()
+
+
+class ThreadedServer:
+    """A RecognitionServer on an event loop of its own thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, backend, **kwargs) -> None:
+        self.server = RecognitionServer(backend, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="w2v-service", daemon=True)
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(60)
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.host}:{self.port}"
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        return self.server.metrics
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` on the server's loop and return its result (reading service state)."""
+        async def run():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        self.server.grace_period_s = grace_s
+        async def drain():
+            await self.server.drain()
+        asyncio.run_coroutine_threadsafe(drain(), self._loop).result(grace_s + 30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self.server.close()
+
+    def __enter__(self) -> "ThreadedServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,197 @@
+"""Start and stop a real ``tritonserver`` on a model repository (``w2v triton``).
+
+Where the binary comes from, in order: ``--tritonserver PATH``, ``$W2V_TRITONSERVER``, the
+``nvidia-pytriton`` wheel (which ships tritonserver 2.51 with the Python backend and one backend
+stub per Python version), ``tritonserver`` on PATH (NVIDIA's image: /opt/tritonserver/bin).
+
+With the wheel's server, the Python backend is assembled in a cache folder (backend library,
+utilities, and the stub built for *this* Python), and the server's environment gets this
+Python's ``lib`` folder and the wheel's bundled libraries on ``LD_LIBRARY_PATH``, this
+environment's ``bin`` on ``PATH`` and its ``site-packages`` (plus the project) on
+``PYTHONPATH``, so the Python models import numpy, onnxruntime and w2v_serve from here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+
+
+class TritonError(RuntimeError):
+    """The server could not be found, started, or did not become ready."""
+
+
+@dataclass
+class TritonInstallation:
+    binary: Path
+    backend_dir: Optional[Path]          # None: the binary's own default (NVIDIA's image)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _pytriton_root() -> Optional[Path]:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    return root if (root / "bin" / "tritonserver").exists() else None
+
+
+def _python_backend_from_wheel(root: Path) -> Path:
+    """backends/python/ with the stub for this Python version, assembled once per version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonError(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "w2v" / "triton_backends" / version
+    target = cache / "python"
+    sources = [p for p in (root / "backends" / "python").iterdir() if p.is_file()] + [stub]
+    if not all((target / p.name).exists() and (target / p.name).stat().st_size == p.stat().st_size for p in sources):
+        target.mkdir(parents=True, exist_ok=True)
+        for p in sources:  # copy then rename: a concurrent start never sees a half-written stub
+            part = target / (p.name + f".{os.getpid()}.part")
+            shutil.copy2(p, part)
+            os.replace(part, target / p.name)
+    return cache
+
+
+def locate_tritonserver(explicit: Optional[str] = None) -> TritonInstallation:
+    explicit = explicit or os.environ.get("W2V_TRITONSERVER")
+    if explicit:
+        binary = Path(explicit)
+        if not binary.exists():
+            raise TritonError(f"{binary}: no such tritonserver binary")
+        return TritonInstallation(binary, None, {})
+    root = _pytriton_root()
+    if root is not None:
+        backend_dir = _python_backend_from_wheel(root)
+        libs = [Path(sysconfig.get_config_var("LIBDIR") or Path(sys.base_prefix) / "lib"),
+                root.parent.parent / "nvidia_pytriton.libs"]
+        site = sysconfig.get_paths()["purelib"]
+        env = {
+            "LD_LIBRARY_PATH": os.pathsep.join([str(p) for p in libs] + [os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), site, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
+        return TritonInstallation(root / "bin" / "tritonserver", backend_dir, env)
+    found = shutil.which("tritonserver") or ("/opt/tritonserver/bin/tritonserver" if Path("/opt/tritonserver/bin/tritonserver").exists() else None)
+    if found:
+        return TritonInstallation(Path(found), None, {})
+    raise TritonError("no tritonserver found: install the 'triton' extra (pip install 'w2v[triton]'), "
+                      "use NVIDIA's tritonserver image, or pass --tritonserver PATH")
+
+
+def check_repository(repository: Path) -> None:
+    """Refuse a repository whose weights were never written (the committed one has none)."""
+    if not repository.is_dir():
+        raise TritonError(f"{repository}: no such model repository")
+    acoustic = repository / "acoustic"
+    if acoustic.is_dir() and not (acoustic / "1" / "model_card.json").exists():
+        raise TritonError(f"{repository}: no model in acoustic/1/; write one with "
+                          f"`w2v export CKPT --out DIR --repository {repository}`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """A tritonserver process on a repository; a context manager that waits until ready and
+    stops the server (SIGINT, then SIGKILL after a grace period) on exit."""
+
+    def __init__(self, repository: str | Path = DEFAULT_REPOSITORY, *, grpc_port: int = 8001,
+                 http_port: int = 8000, metrics_port: int = 8002, host: str = "127.0.0.1",
+                 tritonserver: Optional[str] = None, log_file: Optional[str | Path] = None,
+                 extra_args: tuple[str, ...] = (), verbose: bool = False) -> None:
+        self.repository = Path(repository).resolve()
+        check_repository(self.repository)
+        self.install = locate_tritonserver(tritonserver)
+        self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
+        self.log_file = Path(log_file) if log_file else None
+        self.extra_args = extra_args
+        self.verbose = verbose
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        cmd = [str(self.install.binary), f"--model-repository={self.repository}",
+               f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
+               f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}",
+               f"--http-address={self.host}", "--exit-timeout-secs=10",
+               "--log-verbose=1" if self.verbose else "--log-verbose=0"]
+        if self.install.backend_dir is not None:
+            cmd.append(f"--backend-directory={self.install.backend_dir}")
+        return cmd + list(self.extra_args)
+
+    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+        env = {**os.environ, **self.install.env}
+        if self.log_file is None:
+            out = subprocess.DEVNULL
+        elif str(self.log_file) == "-":
+            out = None  # inherit: the server logs to our stdout
+        else:
+            out = open(self.log_file, "ab")
+        self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise TritonError(f"tritonserver exited with code {self.process.returncode} while starting"
+                                  + (f"; see {self.log_file}" if self.log_file else ""))
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.3)
+        raise TritonError(f"tritonserver not ready after {timeout_s:.0f} s"
+                          + (f"; see {self.log_file}" if self.log_file else ""))
+
+    def stop(self, grace_s: float = 15.0) -> Optional[int]:
+        p = self.process
+        if p is None or p.poll() is not None:
+            return None if p is None else p.returncode
+        p.send_signal(signal.SIGINT)  # Triton drains in-flight requests on SIGINT/SIGTERM
+        try:
+            return p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            return p.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
