@@ -239,6 +239,10 @@ def whole_job(tmp: Path, seconds: float, cache: Optional[Path], rounds: int) -> 
         jobs.append(seconds_)
         models.append(model_only())
 
+    start = time.perf_counter()
+    subprocess.run(cmd + ["--decoder", "greedy"], capture_output=True, text=True, env=env, check=True)
+    greedy_s = time.perf_counter() - start
+
     # The parts, apart: start-up (the command on 1 s of audio), audio load, the engine's windows,
     # decoding in the job's segments.
     short = tmp / "one_second.wav"
@@ -269,6 +273,8 @@ def whole_job(tmp: Path, seconds: float, cache: Optional[Path], rounds: int) -> 
         "model_only": f"{baseline} on the bundled model's model.onnx, back-to-back 30 s pieces, "
                       f"{THREADS} threads, no decoding, model loaded",
         "whole_job_over_model_only": round(job_s / model_s, 3),
+        "whole_job_greedy_seconds": round(greedy_s, 2),
+        "whole_job_greedy_over_model_only": round(greedy_s / model_s, 3),
         "parts_seconds": {
             "startup_and_1s_file": round(startup_s, 2),
             "audio_load": round(load_s, 2),
@@ -336,6 +342,7 @@ def _print(result: dict) -> None:
     if j:
         print(f"whole job: {j['command']} ({j['audio_seconds']} s): {j['whole_job_seconds']} s; model only "
               f"{j['model_only_seconds']} s -> {j['whole_job_over_model_only']}x")
+        print(f"  with --decoder greedy: {j['whole_job_greedy_seconds']} s -> {j['whole_job_greedy_over_model_only']}x")
         print(f"  parts: {json.dumps(j['parts_seconds'])}; engine {json.dumps(j['engine_default'])}")
     print(f"  load average before/after: {result['load_average']}")
 

@@ -18,6 +18,9 @@ the others are unaffected.
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ AudioInput = Union[str, Path, np.ndarray]
 SEGMENT_MIN_S = 10.0
 SEGMENT_MAX_S = 30.0
 _STREAM_BLOCK_S = 10.0
+DECODE_QUEUE = 64            # stitched log-prob chunks (one per window) waiting for the decoder
 
 
 @dataclass(frozen=True)
@@ -205,13 +209,45 @@ class Transcriber:
                 yield block
 
         try:
-            # The model computes the next windows while this thread decodes the last ones.
-            transcript = self.decode_stream(_prefetched(self.engine.stream_log_probs(blocks())), hotwords=hotwords)
+            transcript = self._decode_behind(self.engine.stream_log_probs(blocks()), hotwords)
         except Exception as e:
             return TranscriptionResult(item.path, error=_error_text(item, e))
         finally:
             item.audio = None
         return TranscriptionResult(item.path, transcript.text, transcript.words, samples / self.sample_rate)
+
+    def _decode_behind(self, chunks: Iterator[tuple[int, np.ndarray]], hotwords) -> Transcript:
+        """``decode_stream`` on a background thread of low CPU priority while this thread runs the
+        model: the decoder takes the cores when the model's threads leave them idle (between and
+        inside runs) and otherwise waits, so it neither slows the model's runs (whose threads wait
+        for each other) nor is left for the end. At most ``DECODE_QUEUE`` chunks wait for it."""
+        pending: "queue.Queue" = queue.Queue(maxsize=DECODE_QUEUE)
+        failed = threading.Event()
+        out: dict = {}
+
+        def decode() -> None:
+            _lower_thread_priority()
+            try:
+                out["transcript"] = self.decode_stream(iter(pending.get, None), hotwords=hotwords)
+            except BaseException as e:      # raised in the caller
+                out["error"] = e
+                failed.set()
+                while pending.get() is not None:    # unblock the producer
+                    pass
+
+        worker = threading.Thread(target=decode, name="w2v-decode", daemon=True)
+        worker.start()
+        try:
+            for chunk in chunks:
+                if failed.is_set():
+                    break
+                pending.put(chunk)
+        finally:
+            pending.put(None)
+            worker.join()
+        if "error" in out:
+            raise out["error"]
+        return out["transcript"]
 
     def decode_stream(self, chunks: Iterable[tuple[int, np.ndarray]], *,
                       hotwords: Optional[Sequence[str]] = None) -> Transcript:
@@ -235,45 +271,14 @@ class Transcriber:
         return Transcript.join(parts)
 
 
-def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
-    """``items`` produced on a background thread, up to ``depth`` ahead of the consumer: the
-    engine's runs (native code, the GIL released) overlap the consumer's decoding. An exception
-    of the producer is raised in the consumer; a consumer that stops early stops the producer."""
-    import queue
-    import threading
-
-    out: "queue.Queue" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        out.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            out.put((done, None))
-        except BaseException as e:        # handed to the consumer
-            out.put((done, e))
-
-    worker = threading.Thread(target=produce, name="w2v-engine", daemon=True)
-    worker.start()
+def _lower_thread_priority(step: int = 10) -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is its own scheduling
+    entity); elsewhere, or when not allowed, nothing."""
     try:
-        while True:
-            item, error = out.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError):
+        pass
 
 
 def _error_text(item: _Item, error: Exception) -> str:

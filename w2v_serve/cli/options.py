@@ -44,7 +44,8 @@ PRECISION_HELP = ("auto (default: the fastest precision that passed the model's 
 def add_runtime_flag(parser) -> None:
     """--runtime auto|onnxruntime|openvino (parser: an ArgumentParser or an argument group)."""
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
-                        help="inference runtime: auto (default: OpenVINO on CPU when installed, else ONNX Runtime), "
+                        help="inference runtime: auto (default: the faster one in the model's precision check when "
+                             "it ran on this kind of CPU, else OpenVINO on CPU when installed, else ONNX Runtime), "
                              "onnxruntime, openvino (pip install 'w2v[openvino]')")
 
 
