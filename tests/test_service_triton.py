@@ -121,9 +121,9 @@ def test_failover_pins_streams_spreads_load_and_takes_a_silent_server_out(triton
 class _ServeProcess:
     """`w2v serve ...` in a subprocess; its address once it logs "listening on"; SIGTERM ends it."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "w2v_serve.cli", "serve", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env=env)
 
     def __enter__(self) -> str:
         deadline = time.monotonic() + 180
@@ -143,13 +143,19 @@ class _ServeProcess:
 
 
 def test_serve_starts_a_local_tritonserver(tmp_path, offline_text):
-    """`w2v serve --backend triton --model DIR` without --triton-url: a tritonserver of its own."""
+    """`w2v serve --backend triton --model DIR` without --triton-url: a tritonserver of its own, on
+    a scratch repository that is gone once the service stops."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     serve = _ServeProcess("--backend", "triton", "--model", str(tiny_model_dir("attention")), "--chunk-ms", "400",
-                          "--left-context-ms", "60000", "--right-context-ms", "60000", "--endpoint-ms", "60000")
+                          "--left-context-ms", "60000", "--right-context-ms", "60000", "--endpoint-ms", "60000",
+                          env={**os.environ, "TMPDIR": str(scratch)})
     with serve as address:
+        assert [p.name[:15] for p in scratch.iterdir() if p.name.startswith("w2v-serve-repo")] == ["w2v-serve-repo-"]
         with RecognizerClient(address) as client:
             assert final_text(client.stream_audio(AUDIO, chunk_ms=250)) == offline_text
         assert serve.stop() == 0
+    assert not [p for p in scratch.iterdir() if p.name.startswith("w2v-serve-repo")]
 
 
 def test_serve_triton_without_model_uses_the_bundled_model():

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -144,24 +145,32 @@ def build_backend(args: argparse.Namespace, on_servers_up=None):
 
 
 def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
-    """A tritonserver of our own on --repository, else on a repository written from the model
-    (--model or the bundled one) with this window."""
+    """A tritonserver of our own on --repository, else on a scratch repository written from the
+    model (--model or the bundled one) with this window, removed when the server stops."""
     from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
 
-    repository = args.repository
-    if repository is None:
+    repository, scratch = args.repository, args.repository is None
+    if scratch:
         from w2v_serve.triton.repository import write_repository
 
-        repository = write_repository(_model(args), Path(tempfile.mkdtemp(prefix="w2v-serve-repo-")),
-                                      streaming={"chunk_ms": window.chunk_ms, "left_context_ms": window.left_context_ms,
-                                                 "right_context_ms": window.right_context_ms,
-                                                 "endpoint_ms": window.endpoint_ms},
-                                      idle_timeout_s=max(args.idle_timeout * 2, 60.0))
+        model = _model(args)
+        repository = Path(tempfile.mkdtemp(prefix="w2v-serve-repo-"))
     try:
-        server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(),
-                              metrics_port=free_port(), log_file=os.environ.get("W2V_TRITON_LOG"))
-        log.info("starting tritonserver on %s", server.repository)
-        return server.start(timeout_s=180)
+        if scratch:
+            write_repository(model, repository,
+                             streaming={"chunk_ms": window.chunk_ms, "left_context_ms": window.left_context_ms,
+                                        "right_context_ms": window.right_context_ms,
+                                        "endpoint_ms": window.endpoint_ms},
+                             idle_timeout_s=max(args.idle_timeout * 2, 60.0))
+        server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                              log_file=os.environ.get("W2V_TRITON_LOG"), owns_repository=scratch)
+    except BaseException:
+        if scratch:
+            shutil.rmtree(repository, ignore_errors=True)
+        raise
+    log.info("starting tritonserver on %s", server.repository)
+    try:
+        return server.start(timeout_s=180)     # a failed start stops the server (and removes scratch)
     except TritonError as e:
         raise CommandError(f"--backend triton without --triton-url starts a local tritonserver, which failed: {e}") from e
 

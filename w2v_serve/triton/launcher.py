@@ -115,13 +115,15 @@ def free_port() -> int:
 
 class TritonServer:
     """A tritonserver process on a repository; a context manager that waits until ready and
-    stops the server (SIGINT, then SIGKILL after a grace period) on exit."""
+    stops the server (SIGINT, then SIGKILL after a grace period) on exit. ``owns_repository``:
+    the repository is a scratch copy written for this server; stopping removes it."""
 
     def __init__(self, repository: str | Path = DEFAULT_REPOSITORY, *, grpc_port: int = 8001,
                  http_port: int = 8000, metrics_port: int = 8002, host: str = "127.0.0.1",
                  tritonserver: Optional[str] = None, log_file: Optional[str | Path] = None,
-                 extra_args: tuple[str, ...] = (), verbose: bool = False) -> None:
+                 extra_args: tuple[str, ...] = (), verbose: bool = False, owns_repository: bool = False) -> None:
         self.repository = Path(repository).resolve()
+        self.owns_repository = owns_repository
         check_repository(self.repository)
         self.install = locate_tritonserver(tritonserver)
         self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
@@ -180,6 +182,13 @@ class TritonServer:
                           + (f"; see {self.log_file}" if self.log_file else ""))
 
     def stop(self, grace_s: float = 15.0) -> Optional[int]:
+        try:
+            return self._stop_process(grace_s)
+        finally:
+            if self.owns_repository:
+                shutil.rmtree(self.repository, ignore_errors=True)
+
+    def _stop_process(self, grace_s: float) -> Optional[int]:
         p = self.process
         if p is None or p.poll() is not None:
             return None if p is None else p.returncode
