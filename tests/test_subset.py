@@ -41,3 +41,13 @@ def test_subset_command_writes_aligned_tsv_ltr_wrd(tmp_path):
     assert all(full[u.path] == u for u in sub)          # same files, lengths and transcripts
     words = (tmp_path / "sub" / "train_12s.wrd").read_text().splitlines()
     assert words == [full[u.path].text for u in sub]
+
+
+def test_subset_of_a_missing_or_misaligned_manifest_is_a_clear_error(tmp_path, capsys):
+    assert w2v(["data", "subset", str(tmp_path / "nope.tsv"), "--hours", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "no such manifest" in capsys.readouterr().err
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\nu0.wav\t16000\nu1.wav\t16000\n")
+    (tmp_path / "train.ltr").write_text("A |\n")           # one transcript for two utterances
+    assert w2v(["data", "subset", str(tmp_path / "train.tsv"), "--hours", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "1 transcripts for 2 utterances" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()
