@@ -63,6 +63,12 @@ def graph_variant(precision: str) -> str:
     return "fp32" if precision == BF16 else precision
 
 
+def inference_precision(precision: str) -> Optional[str]:
+    """What a precision asks of the runtime itself (``open_session(precision=...)``): bf16 is run
+    in bf16 by OpenVINO; every other precision is a graph variant run as it is (None)."""
+    return BF16 if precision == BF16 else None
+
+
 def precision_available(model: ModelDirectory, precision: str, runtime: str) -> Optional[str]:
     """None when ``precision`` can run here with ``runtime``, else the reason it cannot."""
     if precision == BF16:
@@ -157,7 +163,7 @@ class Engine:
     def _open_session(self, path: Path):
         session = open_session(path, runtime=self.runtime, providers=self.options.providers,
                                threads=self.options.threads, fp16=self.variant == "fp16",
-                               precision=BF16 if self.precision == BF16 else None)
+                               precision=inference_precision(self.precision))
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
         if not {"audio", "lengths"} <= inputs or not {"logits", "logit_lengths"} <= outputs:

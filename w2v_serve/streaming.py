@@ -32,9 +32,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript
-from w2v_serve.engine import BF16, choose_runtime_and_precision, graph_variant
+from w2v_serve.engine import choose_runtime_and_precision, graph_variant, inference_precision
 from w2v_serve.model_dir import ENCODER_GRAPH, TRANSFORMER_GRAPH, ModelDirectory
-from w2v_serve.sessions import AUTO, STREAMING_PROVIDERS, open_session, resolve_runtime
+from w2v_serve.sessions import AUTO, STREAMING_PROVIDERS, open_session
 
 FRAME_MS = 20
 
@@ -375,6 +375,5 @@ def open_streaming_session(path: str, runtime: str = AUTO, threads: int = 0, pre
     """A session for a streaming graph: CUDA when there is one, not TensorRT (it would build an
     engine for every new window shape); ``auto``: OpenVINO on CPU when it is installed; precision
     ``bf16`` runs it in bf16 (OpenVINO); the rest as every session (w2v_serve.sessions)."""
-    chosen = resolve_runtime(runtime, STREAMING_PROVIDERS)
-    return open_session(path, runtime=chosen, providers=STREAMING_PROVIDERS, threads=threads,
-                        precision=BF16 if precision == BF16 else None)
+    return open_session(path, runtime=runtime, providers=STREAMING_PROVIDERS, threads=threads,
+                        precision=inference_precision(precision) if precision else None)
