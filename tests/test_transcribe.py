@@ -263,3 +263,26 @@ def test_an_unexpected_failure_in_one_file_does_not_stop_the_others(speech_files
     results = Transcriber(tiny_model_dir("attention")).transcribe_batch(speech_files[:3])
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error == f"{speech_files[1]}: RuntimeError: decoder crashed"
+
+
+def test_a_decoder_failure_after_the_last_chunk_is_reported_not_a_hang(monkeypatch):
+    """Long recordings decode on a thread behind the model. A fault the real decoder cannot be
+    made to raise on demand (injected): decoding fails after it has taken every chunk, the end
+    marker included. The file gets an error; the producer must not wait for a marker twice."""
+    import threading
+
+    def consume_then_fail(self, chunks, *, hotwords=None):
+        for _ in chunks:
+            pass
+        raise RuntimeError("decoder crashed at the end")
+
+    monkeypatch.setattr(Transcriber, "decode_stream", consume_then_fail)
+    t = Transcriber(tiny_model_dir("attention"), engine_options=EngineOptions(window_s=1.0, context_s=0.5))
+    audio = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1
+    assert t.engine.is_long(len(audio))
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(t.transcribe(audio, sample_rate=16000)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "transcription hung after the decoder failed"
+    assert not results[0].ok and "decoder crashed at the end" in results[0].error

@@ -222,17 +222,24 @@ class Transcriber:
         inside runs) and otherwise waits, so it neither slows the model's runs (whose threads wait
         for each other) nor is left for the end. At most ``DECODE_QUEUE`` chunks wait for it."""
         pending: "queue.Queue" = queue.Queue(maxsize=DECODE_QUEUE)
-        failed = threading.Event()
+        failed, ended = threading.Event(), threading.Event()
         out: dict = {}
+
+        def received() -> Iterator[tuple[int, np.ndarray]]:
+            while (chunk := pending.get()) is not None:
+                yield chunk
+            ended.set()
 
         def decode() -> None:
             _lower_thread_priority()
             try:
-                out["transcript"] = self.decode_stream(iter(pending.get, None), hotwords=hotwords)
+                out["transcript"] = self.decode_stream(received(), hotwords=hotwords)
             except BaseException as e:      # raised in the caller
                 out["error"] = e
                 failed.set()
-                while pending.get() is not None:    # unblock the producer
+                # Unblock the producer, up to the end marker unless the decoder already took it
+                # (a failure in the last segment's decode comes after the end).
+                while not ended.is_set() and pending.get() is not None:
                     pass
 
         worker = threading.Thread(target=decode, name="w2v-decode", daemon=True)
