@@ -140,11 +140,18 @@ class ModelDirectory:
         return p
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one, never
+    a part: written beside it as ``NAME.tmp``, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def write_card(directory: str | Path, card: ModelCard) -> None:
-    directory = Path(directory)
-    tmp = directory / (CARD_NAME + ".tmp")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(directory / CARD_NAME)
+    write_text_atomic(Path(directory) / CARD_NAME, json.dumps(card.to_dict(), indent=2, default=str) + "\n")
 
 
 def default_model_dir() -> Optional[Path]:

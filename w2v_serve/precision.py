@@ -33,7 +33,7 @@ import numpy as np
 from w2v_serve.audio import load_audio
 from w2v_serve.decoding import CTCDecoder, DecoderOptions
 from w2v_serve.engine import BF16, Engine, EngineOptions, fastest_passing, precision_available
-from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory
+from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory, write_text_atomic
 from w2v_serve.scoring import error_counts, normalize_for_scoring
 from w2v_serve.sessions import CPU_ONLY, ONNXRUNTIME, OPENVINO, EngineError, machine_signature, openvino_available
 
@@ -214,11 +214,8 @@ class _WordErrors:
 def write_record(model: ModelDirectory, record: dict, path: Optional[str | Path] = None) -> Path:
     import json
 
-    target = Path(path) if path else model.path / PRECISION_CHECK_NAME
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_text_atomic(Path(path) if path else model.path / PRECISION_CHECK_NAME,
+                             json.dumps(record, indent=2) + "\n")
 
 
 def _machine(threads: int) -> dict:

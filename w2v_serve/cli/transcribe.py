@@ -18,6 +18,7 @@ from typing import Iterable, Optional, TextIO
 
 from w2v_serve.cli import CommandError, handler
 from w2v_serve.cli.options import add_decoder_flags, add_runtime_flag, add_variant_flag, decoder_options
+from w2v_serve.model_dir import write_text_atomic
 from w2v_serve.transcribe import TranscriptionResult
 
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
@@ -124,10 +125,7 @@ class _Writer:
             self.stdout.write(text)
             self.stdout.flush()
             return
-        target = self._target(result.path or "array")
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+        write_text_atomic(self._target(result.path or "array"), text)
 
     def _target(self, path: str) -> Path:
         stem, n = Path(path).stem, 1
