@@ -290,6 +290,9 @@ def _fairseq_model_config(model: dict[str, Any], task: dict[str, Any], state: Ma
         return value
 
     arch = model.get("_name") or model.get("arch") or "wav2vec2"
+    if arch == "wav2vec":   # fairseq's name of wav2vec (2019) and vq-wav2vec, both without a Transformer
+        raise CheckpointError("a wav2vec / vq-wav2vec checkpoint (architecture 'wav2vec'), not wav2vec 2.0: "
+                              "`w2v codes --checkpoint` reads it as it is (training.vq_wav2vec.convert imports it)")
     if not str(arch).startswith("wav2vec") and arch not in ("wav2vec_ctc",):
         raise CheckpointError(f"not a wav2vec 2.0 checkpoint (architecture {arch!r})")
     if model.get("pos_conv_depth", 1) != 1:

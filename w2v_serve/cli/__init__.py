@@ -45,7 +45,7 @@ def handler(path: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here: each module's parsers need only argparse and this package.
-    from w2v_serve.cli import checkpoints, data, evaluate, export, lm, precision, serve, train, transcribe, triton
+    from w2v_serve.cli import checkpoints, codes, data, evaluate, export, lm, precision, serve, train, transcribe, triton
 
     parser = argparse.ArgumentParser(
         prog="w2v",
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"w2v {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (transcribe, evaluate, precision, serve, triton, lm, export, checkpoints, train, data):
+    for module in (transcribe, evaluate, precision, serve, triton, lm, export, checkpoints, train, data, codes):
         module.add_parsers(sub)
     return parser
 
