@@ -8,6 +8,7 @@ transformers and to replay a distributed step in one process.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -17,12 +18,16 @@ from torch import Tensor, nn
 from training.data import AudioDataset, BucketBatcher, PretrainCollater, filter_by_length, make_loader
 from training.losses import (ContrastiveOutput, code_perplexity, contrastive_loss, diversity_loss, feature_penalty,
                              nats_to_bits, perplexity)
+from training.feature_structure import MIN_GAP as MIN_STRUCTURE_GAP
+from training.feature_structure import temporal_structure
 from training.manifest import read_manifest
 from training.masking import time_mask
 from training.model import Wav2Vec2Model
 from training.model.quantizer import QuantizerOutput, gumbel_temperature
 from training.negatives import sample_negatives
 from training.task import DistContext, StepOutput, frame_lengths_of
+
+log = logging.getLogger("w2v.train")
 
 
 @dataclass
@@ -120,6 +125,7 @@ class PretrainTask:
         self.model = model
         self.module = PretrainObjective(self.model, cfg.task.logit_temp)
         self.draw_override: Optional[PretrainDraws] = None   # replay exact draws (tests, debugging)
+        self.structure_checked = False
         self.last_draws: Optional[PretrainDraws] = None
         self.dataset = None
         if cfg.data.train:
@@ -161,6 +167,9 @@ class PretrainTask:
         waveforms = batch.waveforms
         lengths = None if bool((batch.lengths == waveforms.shape[1]).all()) else batch.lengths
         frame_lengths, num_frames = frame_lengths_of(model, waveforms, lengths)
+        if not self.structure_checked and lengths is None and ctx.is_main:
+            self.structure_checked = True
+            self._check_feature_structure(waveforms, update)
         if self.draw_override is not None:
             draws = self.draw_override.to(waveforms.device)
         else:
@@ -189,6 +198,20 @@ class PretrainTask:
         gauges = {"prob_perplexity": float(perplexity(global_probs.detach())), "code_perplexity": float(code_ppl),
                   "temperature": float(model.quantizer.temperature)}
         return StepOutput(objective, float(n_masked), stats, gauges)
+
+    def _check_feature_structure(self, waveforms: Tensor, update: int) -> None:
+        """Once per run: warn when the encoder's features have no temporal structure (the
+        quantized targets are then unpredictable and the contrastive loss tends to sit at chance)."""
+        s = temporal_structure(self.model, waveforms, torch.Generator().manual_seed(0))
+        message = (f"conv features at update {update}: cosine of adjacent frames {s.adjacent:.3f}, of random frames "
+                   f"of the same utterance {s.random:.3f}")
+        if s.gap < MIN_STRUCTURE_GAP:
+            log.warning("%s: no temporal structure (gap %.3f < %.2f), so the quantized targets are close to "
+                        "unpredictable and the contrastive loss may sit at chance; BASE's first conv block "
+                        "(model.extractor_mode=default) gives structure at init (training/feature_structure.py)",
+                        message, s.gap, MIN_STRUCTURE_GAP)
+        else:
+            log.info("%s (gap %.3f)", message, s.gap)
 
     def log_record(self, sums: dict, gauges: dict, updates: int = 1) -> dict:
         n = max(sums.get("masked", 0.0), 1.0)
