@@ -7,9 +7,9 @@ other more than two random frames of the same utterance do. A randomly initializ
 every block LayerNorms each output position over its channels (the bundled `small` model, with no
 conv bias) normalizes away the amplitude envelope of each 10-sample window before any
 rectification, and its features are phase noise: measured on the synthetic corpus, the cosine of
-adjacent frames equals that of random frames (0.49 vs 0.47), and pre-training sat at chance for
+adjacent frames equals that of random frames (0.490 vs 0.484), and pre-training sat at chance for
 1,153 updates. BASE's first block (GroupNorm over time, per channel) keeps the envelope (0.26 vs
-0.17; with conv bias 0.44 vs 0.29), and with the bias the loss left chance within 200 updates
+0.19; with conv bias 0.44 vs 0.30), and with the bias the loss left chance within 200 updates
 (docs/low_resource.md).
 
 ``temporal_structure`` measures it; ``python -m training.feature_structure MANIFEST [CONFIG]``
@@ -28,10 +28,10 @@ from torch import Tensor
 from training.model import Wav2Vec2Model
 
 # Below this gap (adjacent minus random-frame cosine) the targets are close to unpredictable at
-# init. Measured for the per-position-LayerNorm encoder that sat at chance: 0.016 (synthetic
-# corpus, 3 inits), 0.028 (clean espeak-ng), up to 0.048 on one short batch; 0.09-0.18 for BASE's
-# first block. A gap is necessary, not sufficient: BASE's first block without conv bias (gap 0.09)
-# was still at chance after 300 updates, with bias (0.16) it had left it by 200.
+# init. Measured for the per-position-LayerNorm encoder that sat at chance: 0.006 (synthetic
+# corpus, 3 inits), 0.028 (clean espeak-ng), up to 0.048 on one short batch; 0.07-0.18 for BASE's
+# first block. A gap is necessary, not sufficient: BASE's first block without conv bias (gap 0.07)
+# was still at chance after 300 updates, with bias (0.14) it had left it by 200.
 MIN_GAP = 0.06
 
 

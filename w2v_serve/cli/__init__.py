@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (transcribe, evaluate, precision, serve, triton, lm, export, checkpoints, train, data, codes):
         module.add_parsers(sub)
+    from w2v_serve.cli import wav2vec_u  # unsupervised ASR (docs/wav2vec_u.md)
+
+    wav2vec_u.add_parsers(sub)
     return parser
 
 
