@@ -97,6 +97,33 @@ def test_freezing_and_initialization_from_a_pretrained_checkpoint(corpus, tmp_pa
     assert not changed(s0, s3, "feature_extractor")  # the conv encoder is frozen throughout
 
 
+def test_finetuning_sets_its_own_regularization_keys_and_inherits_the_architecture(corpus, tmp_path):
+    """As fairseq's Wav2VecEncoder: dropouts, layer drop and masks come from the fine-tuning recipe or
+    its defaults (Wav2Vec2AsrConfig's), never from the pre-training checkpoint; the architecture does."""
+    import yaml
+
+    from training.finetune import FinetuneTask
+    from training.model import Wav2Vec2Model
+    from training.train_config import FINETUNE_MODEL_DEFAULTS
+
+    pre_cfg = load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path)).model.build(
+        quantizer=True, num_layers=1, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, dropout_input=0.1,
+        layer_drop=0.05, mask_prob=0.65, mask_length=7, require_same_masks=False, mask_channel_prob=0.2)
+    Checkpoint.from_model(Wav2Vec2Model(pre_cfg)).save(tmp_path / "pre.pt")
+    recipe = tmp_path / "ft.yaml"   # names only mask_prob: everything else of the list takes the defaults
+    recipe.write_text(yaml.safe_dump({"model": {"preset": "small", "mask_prob": 0.3}}))
+    overrides = [o for o in base_overrides(corpus, tmp_path / "run", f"task.init={tmp_path / 'pre.pt'}")
+                 if not o.startswith("model.")] + ["data.min_sample_size=0", "data.max_sample_size=1000000"]
+    got = FinetuneTask(load_config(FinetuneConfig, str(recipe), overrides)).model.config
+    assert got.mask_prob == 0.3
+    for key, default in FINETUNE_MODEL_DEFAULTS.items():
+        if key != "mask_prob":
+            assert getattr(got, key) == default, key
+    assert (got.dropout, got.layer_drop, got.mask_length, got.require_same_masks) == (0.0, 0.0, 10, True)
+    # The architecture is the checkpoint's, not the recipe's preset.
+    assert (got.num_layers, got.embed_dim, got.conv_layers) == (1, pre_cfg.embed_dim, pre_cfg.conv_layers)
+
+
 def test_ctc_loss_matches_reference_and_zero_infinity():
     from training.finetune import ctc_loss_sum
 

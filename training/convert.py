@@ -318,6 +318,7 @@ def _fairseq_model_config(model: dict[str, Any], task: dict[str, Any], state: Ma
         final_dropout=model.get("final_dropout", 0.0),
         layer_drop=model.get("encoder_layerdrop", model.get("layerdrop", 0.0)),
         mask_prob=model.get("mask_prob", 0.65), mask_length=model.get("mask_length", 10),
+        require_same_masks=bool(model.get("require_same_masks", True)),
         mask_channel_prob=model.get("mask_channel_prob", 0.0),
         mask_channel_length=model.get("mask_channel_length", 10),
         quantizer=quantized,

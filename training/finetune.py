@@ -20,6 +20,7 @@ from training.manifest import read_manifest
 from training.masking import channel_mask, time_mask
 from training.model import Wav2Vec2Model
 from training.task import DistContext, StepOutput, frame_lengths_of
+from training.train_config import finetuning_base
 from w2v_serve.decoding import GREEDY, CTCDecoder, DecoderOptions
 from w2v_serve.scoring import error_counts
 from w2v_serve.vocab import Vocabulary
@@ -107,7 +108,7 @@ class FinetuneTask:
         forced = {"quantizer": False, "vocab_size": len(self._vocab)}
         if cfg.task.freeze_feature_encoder:
             forced["feature_grad_mult"] = 0.0
-        model_cfg = cfg.model.build(init_ckpt.model_config if init_ckpt else None, **forced)
+        model_cfg = cfg.model.build(finetuning_base(init_ckpt.model_config) if init_ckpt else None, **forced)
         self.model = Wav2Vec2Model(model_cfg)
         if init_ckpt is not None:
             load_initial_weights(self.model, cfg.task.init)

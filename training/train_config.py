@@ -134,6 +134,25 @@ class PretrainTaskConfig:
     alarm_fatal: bool = False          # stop the run (instead of warning) when an alarm fires
 
 
+# The keys of a pre-trained model's configuration that fine-tuning sets itself, with their values
+# when the fine-tuning recipe does not name them: fairseq's ``Wav2VecEncoder`` overrides exactly
+# these (``arg_overrides`` in wav2vec2_asr.py) with ``Wav2Vec2AsrConfig``'s defaults, so a
+# checkpoint's pre-training dropouts and masks never leak into fine-tuning. Every other key (the
+# architecture) comes from the checkpoint. ``feature_grad_mult`` is on fairseq's list too; here
+# ``task.freeze_feature_encoder`` (default true, fairseq's default 0.0) decides it.
+FINETUNE_MODEL_DEFAULTS: dict[str, Any] = {
+    "dropout": 0.0, "activation_dropout": 0.0, "dropout_input": 0.0, "attention_dropout": 0.0,
+    "final_dropout": 0.0, "layer_drop": 0.0, "mask_prob": 0.5, "mask_length": 10, "require_same_masks": True,
+    "mask_channel_prob": 0.0, "mask_channel_length": 10,
+}
+
+
+def finetuning_base(pretrained: ModelConfig) -> ModelConfig:
+    """A checkpoint's model config with fine-tuning's own keys reset to their fine-tuning defaults
+    (the recipe's ``model`` section then applies on top)."""
+    return pretrained.replace(**FINETUNE_MODEL_DEFAULTS)
+
+
 @dataclass
 class FinetuneTaskConfig:
     init: str = ""                     # pre-trained / imported checkpoint to start from ("": scratch)
