@@ -142,7 +142,32 @@ class ConvLayerBlock(nn.Module):
         return F.gelu(x), lengths
 
 
-class FeatureEncoder(nn.Module):
+class ConvStackGeometry:
+    """Receptive field, hop and output lengths of a stack of strided convolutions
+    (``self.conv_layers``, blocks with ``kernel_size``, ``stride`` and ``output_lengths``); shared by
+    wav2vec 2.0's and vq-wav2vec's feature encoders."""
+
+    conv_layers: nn.ModuleList
+
+    @property
+    def receptive_field(self) -> int:
+        rf, hop = 1, 1
+        for b in self.conv_layers:
+            rf += (b.kernel_size - 1) * hop
+            hop *= b.stride
+        return rf
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(b.stride for b in self.conv_layers)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for b in self.conv_layers:
+            lengths = b.output_lengths(lengths)
+        return lengths
+
+
+class FeatureEncoder(ConvStackGeometry, nn.Module):
     """f: X -> Z. Seven temporal convolutions (BASE/LARGE): 400-sample receptive field, 320 hop.
 
     ``mode="default"``: normalization in the first block only (GroupNorm(512, 512), BASE).
@@ -162,22 +187,6 @@ class FeatureEncoder(nn.Module):
         self.conv_layers = nn.ModuleList(blocks)
         self.out_channels = in_ch
 
-    @property
-    def receptive_field(self) -> int:
-        rf, hop = 1, 1
-        for b in self.conv_layers:
-            rf += (b.kernel_size - 1) * hop
-            hop *= b.stride
-        return rf
-
-    @property
-    def hop_length(self) -> int:
-        return math.prod(b.stride for b in self.conv_layers)
-
-    def output_lengths(self, lengths: Tensor) -> Tensor:
-        for b in self.conv_layers:
-            lengths = b.output_lengths(lengths)
-        return lengths
 
     def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """waveforms [B, L] -> z [B, T, C] (before the feature LayerNorm), lengths [B] in frames."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.model.components import lengths_to_mask
+from training.model.components import ConvStackGeometry, lengths_to_mask
 
 
 def activation_fn(name: str) -> nn.Module:
@@ -96,7 +96,7 @@ class EncoderBlock(nn.Module):
         return self.activation(self.norm(x, lengths)), lengths
 
 
-class ConvFeatureEncoder(nn.Module):
+class ConvFeatureEncoder(ConvStackGeometry, nn.Module):
     """f: X -> Z, fairseq's ``ConvFeatureExtractionModel``.
 
     Blocks of Conv1d -> dropout -> GroupNorm -> activation. With ``skip_connections`` a block
@@ -123,22 +123,6 @@ class ConvFeatureEncoder(nn.Module):
         self.skip_connections = skip_connections
         self.residual_scale = math.sqrt(residual_scale)
 
-    @property
-    def receptive_field(self) -> int:
-        rf, hop = 1, 1
-        for b in self.conv_layers:
-            rf += (b.kernel_size - 1) * hop
-            hop *= b.stride
-        return rf
-
-    @property
-    def hop_length(self) -> int:
-        return math.prod(b.stride for b in self.conv_layers)
-
-    def output_lengths(self, lengths: Tensor) -> Tensor:
-        for b in self.conv_layers:
-            lengths = b.output_lengths(lengths)
-        return lengths
 
     def forward(self, waveforms: Tensor, lengths: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """waveforms [B, L] -> z [B, C, T], lengths [B] in frames (None when not given)."""

@@ -14,18 +14,17 @@ The project's file is ``{"format": "w2v-vq-wav2vec", "version": 1, "model_config
 
 from __future__ import annotations
 
-import argparse
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from torch import Tensor
 
 from training.checkpoint import FORMAT as W2V_FORMAT
 from training.checkpoint import CheckpointError, atomic_torch_save, file_sha256, load_state_checked, safe_torch_load
 from training.config import ConfigError
-from training.convert import FAIRSEQ_IGNORED, Rule, _fairseq_allowed_globals, parse_conv_layers, rename_state
+from training.convert import FAIRSEQ_IGNORED, Rule, _as_dict, _fairseq_allowed_globals, parse_conv_layers, rename_state
 from training.vq_wav2vec.config import VQWav2VecConfig
 from training.vq_wav2vec.model import VQWav2VecModel
 
@@ -130,16 +129,6 @@ def import_fairseq_vq_wav2vec(path: str | Path) -> VQWav2VecCheckpoint:
     """A fairseq ``wav2vec`` checkpoint: vq-wav2vec (Gumbel or k-means) or wav2vec (no quantizer)."""
     path = Path(path)
     return vq_wav2vec_from_fairseq(safe_torch_load(path, _fairseq_allowed_globals()), path)
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if isinstance(obj, argparse.Namespace):
-        return vars(obj)
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise CheckpointError(f"unexpected config object of type {type(obj).__name__}")
 
 
 def _fairseq_args(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
