@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The low-resource comparison after pre-training (docs/low_resource.md): same recipe, same updates,
-# pre-trained vs scratch, per labeled subset; greedy CER/WER on test and test_heldout_engine go to
-# runs/lowres/results.jsonl. UPD=600 LABELS=1h configs/lowres/run_finetunes.sh
+# pre-trained vs scratch, per labeled subset; CER/WER greedy and beam 64 + a 3-gram LM of the
+# training sentences on test and test_heldout_engine go to runs/lowres/results.jsonl.
+#   UPD=2000 LABELS="1h 10min" INITS="pt scratch" configs/lowres/run_finetunes.sh
+# Each run uses one thread (configs/lowres/finetune.yaml): start two at once on two cores.
 set -u
 cd "$(dirname "$0")/../.."
 W2V=.venv/bin/w2v
-UPD=${UPD:-800}
+UPD=${UPD:-2000}
+LM=runs/lowres/lm/train3.arpa
+if [ ! -f $LM ]; then
+  mkdir -p runs/lowres/lm
+  # Training sentences only (test/dev sentences are disjoint), plus Debian's word list as unigrams.
+  $W2V lm build data/synth2/train.wrd --order 3 --case lower --lexicon /usr/share/dict/american-english --out $LM > /dev/null
+fi
 for labels in ${LABELS:-1h 10min}; do
-  for init in pt scratch; do
+  for init in ${INITS:-pt scratch}; do
     dir=runs/lowres/ft_${labels}_${init}
     extra=()
     if [ "$init" = scratch ]; then extra=(task.init= task.freeze_updates=0 task.freeze_feature_encoder=false); fi
@@ -17,9 +25,9 @@ for labels in ${LABELS:-1h 10min}; do
     end=$(date +%s)
     $W2V export $dir/checkpoint_last.pt --out $dir/export --no-check > /dev/null 2>&1
     for split in test test_heldout_engine; do
-      r=$($W2V eval data/synth2/$split.tsv --model $dir/export --decoder greedy --runtime onnxruntime --precision fp32 --json)
-      echo "{\"labels\": \"$labels\", \"init\": \"$init\", \"split\": \"$split\", \"updates\": $UPD, \"train_s\": $((end-start)), \"eval\": $r}" >> runs/lowres/results.jsonl
+      g=$($W2V eval data/synth2/$split.tsv --model $dir/export --decoder greedy --runtime onnxruntime --precision fp32 --json)
+      b=$($W2V eval data/synth2/$split.tsv --model $dir/export --decoder beam --lm $LM --runtime onnxruntime --precision fp32 --json)
+      echo "{\"labels\": \"$labels\", \"init\": \"$init\", \"split\": \"$split\", \"updates\": $UPD, \"train_s\": $((end-start)), \"greedy\": $g, \"beam_lm\": $b}" >> runs/lowres/results.jsonl
     done
   done
 done
-echo done >> runs/lowres/results.jsonl
