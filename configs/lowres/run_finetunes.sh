@@ -2,7 +2,7 @@
 # The low-resource comparison after pre-training (docs/low_resource.md): same recipe, same updates,
 # pre-trained vs scratch, per labeled subset; CER/WER greedy and beam 64 + a 3-gram LM of the
 # training sentences on test and test_heldout_engine go to runs/lowres/results.jsonl.
-#   UPD=2000 LABELS="1h 10min" INITS="pt scratch" configs/lowres/run_finetunes.sh
+#   UPD=2000 LABELS="1h 10min" INITS="pt ptu scratch" configs/lowres/run_finetunes.sh
 # Each run uses one thread (configs/lowres/finetune.yaml): start two at once on two cores.
 set -u
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,9 @@ for labels in ${LABELS:-1h 10min}; do
   for init in ${INITS:-pt scratch}; do
     dir=runs/lowres/ft_${labels}_${init}
     extra=()
+    # pt: the pre-trained conv encoder frozen (the paper's fine-tuning); ptu: trained too, as scratch.
     if [ "$init" = scratch ]; then extra=(task.init= task.freeze_updates=0 task.freeze_feature_encoder=false); fi
+    if [ "$init" = ptu ]; then extra=(task.freeze_feature_encoder=false); fi
     start=$(date +%s)
     $W2V finetune configs/lowres/finetune.yaml data.train=data/synth2/subsets/train_${labels}.tsv \
       run.save_dir=$dir run.max_updates=$UPD run.eval_interval=100000 run.progress=false "${extra[@]}" > $dir.log 2>&1
