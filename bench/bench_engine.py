@@ -211,9 +211,16 @@ def whole_job(tmp: Path, seconds: float, cache: Optional[Path], rounds: int) -> 
     piece = 30 * SAMPLE_RATE
     pieces = [audio[k:k + piece] for k in range(0, len(audio), piece) if len(audio[k:k + piece]) >= 400]
     feeds = [{"audio": p[None], "lengths": np.array([len(p)], np.int64)} for p in pieces]
+    baseline_note = ""
     if openvino_available():
-        # OpenVINO as it comes: the plugin's default precision (bf16 on AMX/AVX512_BF16 CPUs).
+        # OpenVINO as it comes: the plugin's default precision (bf16 on AMX/AVX512_BF16 CPUs) —
+        # unless its output is NaN (bf16 on an AMX Xeon gave all-NaN for the bundled model): a
+        # baseline that computes nothing usable is no baseline, so then f32.
         request, precision = ov_plain(model_dir / "model.onnx", None)
+        if any(np.isnan(v).any() for v in request.infer(feeds[0]).values()):
+            baseline_note = (f"OpenVINO's default inference precision ({precision}) gives NaN output for this model "
+                             f"on this CPU; the baseline is OpenVINO f32 instead")
+            request, precision = ov_plain(model_dir / "model.onnx", "f32")
         run, baseline = request.infer, f"OpenVINO, plugin defaults (inference precision {precision})"
     else:
         from w2v_serve.sessions import CPU_ONLY, open_session
@@ -273,6 +280,7 @@ def whole_job(tmp: Path, seconds: float, cache: Optional[Path], rounds: int) -> 
         "model_only": f"{baseline} on the bundled model's model.onnx, back-to-back 30 s pieces, "
                       f"{THREADS} threads, no decoding, model loaded",
         "whole_job_over_model_only": round(job_s / model_s, 3),
+        **({"baseline_note": baseline_note} if baseline_note else {}),
         "whole_job_greedy_seconds": round(greedy_s, 2),
         "whole_job_greedy_over_model_only": round(greedy_s / model_s, 3),
         "parts_seconds": {
@@ -344,6 +352,8 @@ def _print(result: dict) -> None:
               f"{j['model_only_seconds']} s -> {j['whole_job_over_model_only']}x")
         print(f"  with --decoder greedy: {j['whole_job_greedy_seconds']} s -> {j['whole_job_greedy_over_model_only']}x")
         print(f"  parts: {json.dumps(j['parts_seconds'])}; engine {json.dumps(j['engine_default'])}")
+        if j.get("baseline_note"):
+            print(f"  note: {j['baseline_note']}")
     print(f"  load average before/after: {result['load_average']}")
 
 

@@ -126,9 +126,10 @@ def test_streaming_under_openvino_gives_onnxruntime_transcripts():
 
 
 # ---------------------------------------------------------------------------- precision check
-def _with_corrupted_int8(tmp_path) -> ModelDirectory:
+def _with_corrupted_int8(tmp_path, nan: bool = False) -> ModelDirectory:
     """A copy of the tiny model whose "int8" variant is its fp32 graph with every weight jittered
-    by 50%: a precision that loses the answers."""
+    by 50% (a precision that loses the answers), or with one weight NaN (``nan``: a precision whose
+    output is NaN, as OpenVINO's bf16 gave for the bundled model on an AMX Xeon)."""
     import onnx
     from onnx import numpy_helper
 
@@ -140,8 +141,12 @@ def _with_corrupted_int8(tmp_path) -> ModelDirectory:
     for init in graph.graph.initializer:
         w = numpy_helper.to_array(init)
         if w.dtype == np.float32 and w.size > 16:
-            init.CopyFrom(numpy_helper.from_array((w * (1 + 0.5 * rng.standard_normal(w.shape))).astype(np.float32),
-                                                  init.name))
+            if nan:
+                w = w.copy()
+                w.flat[0] = np.nan
+            else:
+                w = (w * (1 + 0.5 * rng.standard_normal(w.shape))).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(graph, str(dst / "model.bad.onnx"))
     model = ModelDirectory.load(dst)
     model.card.variants["int8"] = {**model.card.variants["fp32"], "model": "model.bad.onnx"}
@@ -172,6 +177,23 @@ def test_precision_check_rejects_a_precision_that_changes_the_answers(tmp_path):
     write_record(model, record)
     assert resolve_precision(ModelDirectory.load(model.path), "auto", "onnxruntime") == "int8"
     assert resolve_precision(ModelDirectory.load(model.path), "auto", "openvino") == "fp32"   # no record for it
+
+
+def test_precision_check_fails_a_precision_with_nan_output_instead_of_crashing(tmp_path):
+    from w2v_serve.decoding import CTCDecoder, DecoderError, DecoderOptions
+    from w2v_serve.precision import check_precisions
+
+    model = _with_corrupted_int8(tmp_path, nan=True)
+    audios = [speech_like(16000, seed=3, scale=0.3)]
+    record = check_precisions(model, audios, runtimes=["onnxruntime"], precisions=["fp32", "int8"], threads=1,
+                              repeats=1)
+    bad = record["results"]["onnxruntime"]["int8"]
+    assert not bad["passed"] and bad["nan_values"] > 0 and "NaN" in bad["reason"]
+    assert record["default"]["onnxruntime"] == "fp32"
+    # Decoding NaN log-probs is a clear error, not pyctcdecode's "max() arg is an empty sequence".
+    nan_out = Engine(model, EngineOptions(runtime="onnxruntime", variant="int8")).log_probs(audios[0])
+    with pytest.raises(DecoderError, match="NaN"):
+        CTCDecoder(model.vocab, DecoderOptions(method="greedy")).decode(nan_out)
 
 
 def test_precision_check_threshold_rejects_everything_above_one(tmp_path):

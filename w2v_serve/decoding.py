@@ -289,6 +289,10 @@ class CTCDecoder:
         log_probs = np.asarray(log_probs, dtype=np.float32)
         if log_probs.ndim != 2 or log_probs.shape[1] != len(self.vocab):
             raise DecoderError(f"expected log-probabilities [frames, {len(self.vocab)}], got shape {log_probs.shape}")
+        if np.isnan(log_probs).any():
+            raise DecoderError(f"the log-probabilities hold {int(np.isnan(log_probs).sum())} NaN values of "
+                               f"{log_probs.size}: the model's output is unusable (a precision it does not hold? "
+                               f"`w2v precision-check` tests each one)")
         return log_probs
 
 

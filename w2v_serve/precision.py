@@ -92,6 +92,13 @@ def argmax_agreement(reference: Sequence[np.ndarray], other: Sequence[np.ndarray
     return same, total
 
 
+def nan_values(outputs: Sequence[np.ndarray]) -> int:
+    """NaN values over utterances' outputs. A NaN frame's argmax is 0 (the blank), so agreement
+    alone would count such frames as agreeing wherever the reference is blank: a precision with
+    any NaN fails outright (OpenVINO's bf16 on an AMX Xeon gave all-NaN output for the bundled model)."""
+    return int(sum(np.isnan(o).sum() for o in outputs))
+
+
 def _log_probs(engine: Engine, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [engine.log_probs(a) for a in audios]
 
@@ -153,6 +160,14 @@ def check_precisions(model: ModelDirectory | str | Path, audios: Sequence[np.nda
             out = _log_probs(eng, audios)           # also the warm-up of the timing below
             same, total = argmax_agreement(reference, out)
             agreement = same / max(1, total)
+            nans = nan_values(out)
+            if nans:
+                results[runtime][precision] = {
+                    "available": True, "agreement": round(agreement, 5), "frames": total, "passed": False,
+                    "nan_values": nans, "reason": f"the outputs hold {nans} NaN values",
+                    "inference_precision": getattr(eng.session, "inference_precision", None),
+                }
+                continue
             results[runtime][precision] = {
                 "available": True, "agreement": round(agreement, 5), "frames": total,
                 "passed": agreement >= threshold,

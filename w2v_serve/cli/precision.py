@@ -63,6 +63,8 @@ def cmd_precision_check(args: argparse.Namespace) -> int:
         for precision, r in results.items():
             state = ("passed" if r["passed"] else "REJECTED") if r["available"] else f"unavailable ({r['reason']})"
             detail = f" agreement {100 * r['agreement']:.2f}%  RTF {r['rtf']:.4f}" if r["available"] else ""
+            if r.get("nan_values"):
+                detail += f"  ({r['reason']})"
             if "wer_greedy" in r:
                 detail += "  WER " + "  ".join(f"{k[4:]} {100 * v:.1f}%" for k, v in r.items()
                                                if k.startswith("wer_") and k != "wer_utterances")
