@@ -242,7 +242,10 @@ class OpenVINOSession:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         cache_dir = _cache_root() / "openvino"
         # Small graphs compile in well under a second: not worth a blob each (tests make many).
-        cache = cache and self.path.stat().st_size >= OPENVINO_CACHE_MIN_BYTES
+        # Never bf16: on an AMX Xeon (OpenVINO 2026.4) a bf16 model read back from CACHE_DIR gave
+        # all-NaN output, ran 6x slower than compiled afresh, and once crashed the process; compiled
+        # without the cache the same graph is correct and fast (docs/engine.md).
+        cache = cache and precision != "bf16" and self.path.stat().st_size >= OPENVINO_CACHE_MIN_BYTES
         if cache:
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
