@@ -161,20 +161,14 @@ def check_precisions(model: ModelDirectory | str | Path, audios: Sequence[np.nda
             same, total = argmax_agreement(reference, out)
             agreement = same / max(1, total)
             nans = nan_values(out)
-            if nans:
-                results[runtime][precision] = {
-                    "available": True, "agreement": round(agreement, 5), "frames": total, "passed": False,
-                    "nan_values": nans, "reason": f"the outputs hold {nans} NaN values",
-                    "inference_precision": getattr(eng.session, "inference_precision", None),
-                }
-                continue
-            results[runtime][precision] = {
-                "available": True, "agreement": round(agreement, 5), "frames": total,
-                "passed": agreement >= threshold,
-                "first_transcript": decoder.decode(out[0]).text,
-                **scorer.rates(out),
-                "inference_precision": getattr(eng.session, "inference_precision", None),
-            }
+            entry = {"available": True, "agreement": round(agreement, 5), "frames": total,
+                     "passed": agreement >= threshold and not nans}
+            if nans:    # nothing to decode: NaN log-probs are a DecoderError
+                entry.update(nan_values=nans, reason=f"the outputs hold {nans} NaN values")
+            else:
+                entry.update(first_transcript=decoder.decode(out[0]).text, **scorer.rates(out))
+            entry["inference_precision"] = getattr(eng.session, "inference_precision", None)
+            results[runtime][precision] = entry
     for (runtime, precision), rtf in _timed_rtfs(engines, audios, seconds, repeats).items():
         results[runtime][precision]["rtf"] = round(rtf, 5)
     defaults = {rt: fastest_passing(res, model, rt) or "fp32" for rt, res in results.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from w2v_serve.cli import handler
+from w2v_serve.cli.options import add_torch_threads_flag
 
 _DESCRIPTION = """Discrete units per frame from a vq-wav2vec checkpoint (fairseq's vq-wav2vec.pt,
 Gumbel, or vq-wav2vec_kmeans.pt) or a wav2vec 2.0 checkpoint with its quantizer (a w2v pre-training
@@ -28,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-path", action="store_true",
                    help="units only, as vq-wav2vec_featurize.py's .src (a failed file leaves an empty line)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads on CPU (default: torch's)")
+    add_torch_threads_flag(p)
     p.add_argument("--max-samples", type=int, default=1_300_000, metavar="N",
                    help="longer recordings run in equal chunks of at most N samples (fairseq's --max-size)")
     p.set_defaults(func=handler("training.codes:cmd_codes"))

@@ -1,4 +1,4 @@
-"""Flags that several commands share, defined once: decoding, the runtime and the precision."""
+"""Flags that several commands share, defined once: decoding, the runtime, the precision, torch threads."""
 
 from __future__ import annotations
 
@@ -53,3 +53,9 @@ def add_variant_flag(parser) -> None:
     """--precision (alias --variant): which precision / graph variant of the model runs."""
     parser.add_argument("--precision", "--variant", dest="variant", default="auto", metavar="PRECISION",
                         help=PRECISION_HELP)
+
+
+def add_torch_threads_flag(parser) -> None:
+    """--threads N for the commands that run torch on the CPU (0: torch's own choice)."""
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="torch threads on CPU (default 0: torch's own choice)")

@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 
 from w2v_serve.cli import handler
+from w2v_serve.cli.options import add_torch_threads_flag
 
 _TARGET = "training.wav2vec_u.commands:"
-
-
-def _threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +43,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trim-db", type=float, default=-40.0, metavar="DB",
                    help="cut leading/trailing audio quieter than this relative to the peak (0: no trimming)")
     p.add_argument("--seed", type=int, default=0)
-    _threads(p)
+    add_torch_threads_flag(p)
     p.set_defaults(func=handler(_TARGET + "cmd_prepare"))
 
 
@@ -62,7 +59,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, default=0.0, metavar="S", help="stop after S seconds (0: no limit)")
     p.add_argument("--gate", type=float, default=0.40, metavar="PER", help="largest PER that passes (default 0.40)")
     p.add_argument("--seed", type=int, default=0)
-    _threads(p)
+    add_torch_threads_flag(p)
     p.set_defaults(func=handler(_TARGET + "cmd_probe"))
 
 
@@ -94,7 +91,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-interval", type=int, default=500, metavar="N")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint_last.pt exists")
     p.add_argument("--ignore-gate", action="store_true", help="train even without a passing probe")
-    _threads(p)
+    add_torch_threads_flag(p)
     p.set_defaults(func=handler(_TARGET + "cmd_train"))
 
 
@@ -106,7 +103,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", required=True, metavar="WORK", help="the prepared folder the model was trained on")
     p.add_argument("--split", default="test", help="prepared split to score (default test)")
     p.add_argument("--checkpoint", default="best", metavar="best|last|FILE")
-    _threads(p)
+    add_torch_threads_flag(p)
     p.set_defaults(func=handler(_TARGET + "cmd_eval"))
 
 
