@@ -170,7 +170,7 @@ def test_precision_check_rejects_a_precision_that_changes_the_answers(tmp_path):
     # Even when the rejected one measured fastest, the engine's default stays on what passed.
     results["int8"]["rtf"] = results["fp32"]["rtf"] / 10
     write_record(model, record)
-    assert json.loads((model.path / PRECISION_CHECK_NAME).read_text())["threshold"] == 0.995
+    assert [r["threshold"] for r in ModelDirectory.load(model.path).precision_checks] == [0.995]
     assert Engine(model, EngineOptions(runtime="onnxruntime")).precision == "fp32"
     # And when it passed and is fastest, it is the default.
     results["int8"]["passed"] = True
@@ -194,6 +194,44 @@ def test_precision_check_fails_a_precision_with_nan_output_instead_of_crashing(t
     nan_out = Engine(model, EngineOptions(runtime="onnxruntime", variant="int8")).log_probs(audios[0])
     with pytest.raises(DecoderError, match="NaN"):
         CTCDecoder(model.vocab, DecoderOptions(method="greedy")).decode(nan_out)
+
+
+def test_precision_check_keeps_a_record_per_kind_of_cpu(tmp_path, monkeypatch):
+    """A check on a second kind of CPU adds its record instead of replacing the first one's; a
+    rerun on the same kind replaces its own. On a CPU never checked a precision counts as passed
+    only where it passed on every CPU checked (int8 held on an AMD EPYC and not on an AMX Xeon)."""
+    from w2v_serve import engine as engine_module
+    from w2v_serve.engine import choose_runtime_and_precision, precision_record
+    from w2v_serve.precision import write_record
+
+    model = _with_corrupted_int8(tmp_path)
+    amd = {"cpu": "AMD EPYC", "cpu_flags": ["avx2"]}
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["amx_bf16", "avx2", "avx512_bf16"]}
+
+    def record(machine, int8_passed, note):
+        return {"format": "w2v-precision-check", "version": 1, "machine": {**machine, "cores": 2}, "note": note,
+                "results": {"onnxruntime": {"fp32": {"available": True, "passed": True, "rtf": 0.02},
+                                            "int8": {"available": True, "passed": int8_passed, "rtf": 0.01}}}}
+
+    # A file of the first format (one bare record) reads as one record and is kept beside the new one.
+    (model.path / PRECISION_CHECK_NAME).write_text(json.dumps(record(amd, True, "first")))
+    write_record(model, record(xeon, False, "xeon"))
+    write_record(model, record(amd, True, "amd again"))
+    records = ModelDirectory.load(model.path).precision_checks
+    assert [r["note"] for r in records] == ["xeon", "amd again"]
+
+    def on(machine):
+        monkeypatch.setattr(engine_module, "machine_signature", lambda: dict(machine))
+        loaded = ModelDirectory.load(model.path)
+        return precision_record(loaded), choose_runtime_and_precision(loaded, "onnxruntime")[1]
+
+    assert on(amd)[0]["note"] == "amd again" and on(amd)[1] == "int8"
+    assert on(xeon)[0]["note"] == "xeon" and on(xeon)[1] == "fp32"
+    merged, precision = on({"cpu": "some other CPU", "cpu_flags": []})
+    assert precision == "fp32" and merged["results"]["onnxruntime"]["fp32"]["passed"]
+    assert not engine_module.measured_here(ModelDirectory.load(model.path))
+    # The merge does not touch the records themselves.
+    assert ModelDirectory.load(model.path).precision_checks[1]["results"]["onnxruntime"]["int8"]["passed"]
 
 
 def test_precision_check_threshold_rejects_everything_above_one(tmp_path):

@@ -286,3 +286,20 @@ def test_a_decoder_failure_after_the_last_chunk_is_reported_not_a_hang(monkeypat
     worker.join(timeout=60)
     assert not worker.is_alive(), "transcription hung after the decoder failed"
     assert not results[0].ok and "decoder crashed at the end" in results[0].error
+
+
+def test_start_up_errors_surface_from_the_concurrent_load(tmp_path):
+    """The decoder (LM) loads on a thread while the engine compiles: a bad LM is still the error
+    the caller sees, and when the engine fails too, the engine's error is the one raised."""
+    from w2v_serve.decoding import DecoderError
+    from w2v_serve.sessions import EngineError
+
+    fake = tmp_path / "lm.bin"
+    fake.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n\0\0")
+    bad_lm = DecoderOptions(method=BEAM, lm=str(fake))
+    with pytest.raises(DecoderError, match="unigram"):
+        Transcriber(tiny_model_dir("attention"), decoder=bad_lm)
+    with pytest.raises(EngineError, match="int9"):
+        Transcriber(tiny_model_dir("attention"), decoder=bad_lm, engine_options=EngineOptions(variant="int9"))
+    t = Transcriber(tiny_model_dir("attention"))
+    assert t.decoder.options.method == "greedy" and t.vocab is t.engine.model.vocab

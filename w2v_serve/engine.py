@@ -7,7 +7,8 @@
 * Precision (``EngineOptions.variant``): ``fp32``, ``bf16`` (the fp32 graph with OpenVINO's bf16
   inference, on CPUs that have it), ``int8`` / ``fp16`` (the card's graph variants), or ``auto``:
   the fastest precision that passed the model's precision check (``precision_check.json`` beside
-  the card, written by ``w2v precision-check``) for this runtime on this CPU, else fp32.
+  the card, written by ``w2v precision-check``, a record per kind of CPU) for this runtime on this
+  kind of CPU, else fp32.
 * Batches: rows padded to the longest, with ``lengths`` so each row gets the result it gets alone;
   ``plan_batches`` groups inputs of similar length (length buckets) so little compute is padding.
 * Long recordings: overlapping windows. Window k starts at ``k * hop`` samples (a multiple of the
@@ -37,6 +38,7 @@ BF16 = "bf16"
 GPU_MAX_BATCH_SECONDS = 120.0
 CPU_MAX_BATCH_SECONDS = 30.0
 PRECISIONS = ("fp32", BF16, "fp16", "int8")      # what --precision offers (besides auto)
+MACHINE_KEYS = ("cpu", "cpu_flags")              # sessions.machine_signature: a kind of CPU
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class EngineOptions:
                                              # costs CPU runtimes ~40% more per audio second, measured
                                              # on the default model, 2 threads)
     window_s: float = 30.0                   # recordings longer than this go through windows
-    context_s: float = 2.0                   # overlap on each side of a window's kept frames
+    context_s: float = 1.0                   # overlap on each side of a window's kept frames: 1.07x
+                                             # the compute of no overlap with 30 s windows (2 s: 1.15x);
+                                             # measured no worse in WER (docs/engine.md, "Window context")
     pad_multiple: int = 0                    # pad batch length to a multiple of this many samples
                                              # (0: the frame stride; TensorRT: 1 s, fewer engine shapes)
 
@@ -94,7 +98,7 @@ def resolve_precision(model: ModelDirectory, requested: str, runtime: str,
         return requested
     if runtime == ONNXRUNTIME and gpu_providers_present(providers):
         return "fp32"
-    record = model.precision_check or {}
+    record = precision_record(model) or {}
     return fastest_passing(record.get("results", {}).get(runtime, {}), model, runtime) or "fp32"
 
 
@@ -106,12 +110,38 @@ def fastest_passing(results: dict, model: ModelDirectory, runtime: str) -> Optio
     return min(passed)[1] if passed else None
 
 
+def same_machine(record: dict, here: Optional[dict] = None) -> bool:
+    """Whether a precision check record ran on this kind of CPU (same model and vector extensions:
+    its speeds, and its int8/bf16 arithmetic, apply here)."""
+    machine = record.get("machine") or {}
+    here = here or machine_signature()
+    return bool(machine) and all(machine.get(k) == here.get(k) for k in MACHINE_KEYS)
+
+
+def precision_record(model: ModelDirectory) -> Optional[dict]:
+    """The model's precision check record for this kind of CPU. On a CPU never checked, one record
+    made of all of them: a precision passes only where it passed on every CPU checked (int8 held
+    the answers on an AMD EPYC with AVX2 and not on an AMX Xeon: arithmetic differs by CPU), with
+    the most recent record's speeds."""
+    records = model.precision_checks
+    here = machine_signature()
+    for record in records:
+        if same_machine(record, here):
+            return record
+    if len(records) <= 1:
+        return records[0] if records else None
+    merged = {**records[-1], "machine": None,
+              "results": {rt: {p: dict(r) for p, r in res.items()} for rt, res in records[-1]["results"].items()}}
+    for rt, res in merged["results"].items():
+        for p, r in res.items():
+            r["passed"] = all(o.get("results", {}).get(rt, {}).get(p, {}).get("passed", False) for o in records)
+    return merged
+
+
 def measured_here(model: ModelDirectory) -> bool:
     """Whether the model's precision check ran on this kind of CPU (its speeds apply here)."""
-    record = model.precision_check or {}
-    machine = record.get("machine") or {}
-    here = machine_signature()
-    return bool(machine) and all(machine.get(k) == v for k, v in here.items())
+    record = precision_record(model)
+    return record is not None and same_machine(record)
 
 
 def choose_runtime_and_precision(model: ModelDirectory, runtime: str = AUTO, precision: str = AUTO,
@@ -122,7 +152,7 @@ def choose_runtime_and_precision(model: ModelDirectory, runtime: str = AUTO, pre
     for) measured fastest there wins. Then ``resolve_precision``."""
     chosen = resolve_runtime(runtime, providers)
     if runtime == AUTO and not gpu_providers_present(providers) and measured_here(model):
-        results = model.precision_check.get("results", {})            # type: ignore[union-attr]
+        results = precision_record(model)["results"]                  # type: ignore[index]
         options = []
         for rt in (ONNXRUNTIME, OPENVINO):
             if rt == OPENVINO and not openvino_available():

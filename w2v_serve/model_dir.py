@@ -11,7 +11,8 @@ Layout::
       transformer.onnx     context network + CTC head: features, feature_lengths -> logits, logit_lengths
       model.fp16.onnx, model.int8.onnx, ...   optional variants, listed in the card
       precision_check.json  optional: argmax agreement and speed of each runtime/precision on
-                           speech (w2v precision-check); the engine's default precision comes from it
+                           speech (w2v precision-check), a record per kind of CPU checked; the
+                           engine's default precision comes from it
 
 ``audio`` is raw 16 kHz mono in [-1, 1]; the graphs apply the model's own input normalization.
 ``logits`` are log-probabilities when the card says ``"logits_are_log_probs": true``.
@@ -118,15 +119,10 @@ class ModelDirectory:
         write_card(self.path, self.card)
 
     @property
-    def precision_check(self) -> Optional[dict[str, Any]]:
-        """The precision check's record beside the card (``w2v precision-check``), if any."""
-        p = self.path / PRECISION_CHECK_NAME
-        try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except json.JSONDecodeError as e:
-            raise ModelDirError(f"{p}: not valid JSON: {e}") from e
+    def precision_checks(self) -> list[dict[str, Any]]:
+        """The precision check's records beside the card (``w2v precision-check``), one per kind of
+        CPU it ran on; [] when it never ran."""
+        return read_precision_checks(self.path / PRECISION_CHECK_NAME)
 
     @property
     def shipped_lm(self) -> Optional[Path]:
@@ -158,3 +154,19 @@ def default_model_dir() -> Optional[Path]:
     """The bundled default model, if this installation has one."""
     here = Path(__file__).resolve().parent / "models" / "default"
     return here if (here / CARD_NAME).exists() else None
+
+
+def read_precision_checks(path: Path) -> list[dict[str, Any]]:
+    """The records of a precision check file (a file of the first format holds one record)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except json.JSONDecodeError as e:
+        raise ModelDirError(f"{path}: not valid JSON: {e}") from e
+    records = data.get("records") if isinstance(data, dict) else None
+    if records is None:
+        return [data] if isinstance(data, dict) and "results" in data else []
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ModelDirError(f"{path}: 'records' must be a list of precision check records")
+    return records

@@ -33,11 +33,12 @@ import numpy as np
 from w2v_serve.audio import load_audio
 from w2v_serve.decoding import CTCDecoder, DecoderOptions
 from w2v_serve.engine import BF16, Engine, EngineOptions, fastest_passing, precision_available
-from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory, write_text_atomic
+from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory, read_precision_checks, write_text_atomic
 from w2v_serve.scoring import error_counts, normalize_for_scoring
 from w2v_serve.sessions import CPU_ONLY, ONNXRUNTIME, OPENVINO, EngineError, machine_signature, openvino_available
 
 FORMAT = "w2v-precision-check"
+FILE_FORMAT = "w2v-precision-checks"      # the file: one record per kind of CPU checked
 VERSION = 1
 THRESHOLD = 0.995
 CHECKED_PRECISIONS = ("fp32", BF16, "int8")
@@ -221,10 +222,16 @@ class _WordErrors:
 
 
 def write_record(model: ModelDirectory, record: dict, path: Optional[str | Path] = None) -> Path:
+    """Writes ``record`` into the model's precision check file (or ``path``) beside the records of
+    other kinds of CPU already there; a record of the same kind of CPU is replaced."""
     import json
 
-    return write_text_atomic(Path(path) if path else model.path / PRECISION_CHECK_NAME,
-                             json.dumps(record, indent=2) + "\n")
+    from w2v_serve.engine import same_machine
+
+    target = Path(path) if path else model.path / PRECISION_CHECK_NAME
+    others = [r for r in read_precision_checks(target) if not same_machine(r, record["machine"])]
+    data = {"format": FILE_FORMAT, "version": 1, "records": [*others, record]}
+    return write_text_atomic(target, json.dumps(data, indent=2) + "\n")
 
 
 def _machine(threads: int) -> dict:

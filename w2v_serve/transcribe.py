@@ -92,11 +92,18 @@ class Transcriber:
                 if model is None:
                     raise ModelDirError("this installation has no bundled default model yet; "
                                         "pass a model directory (written by `w2v export CKPT --out DIR`)")
-            engine = Engine(model, engine_options)
+            directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+            # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
+            # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
+            with ThreadPoolExecutor(1, thread_name_prefix="w2v-decoder-load") as pool:
+                pending = pool.submit(CTCDecoder, directory.vocab, decoder, frame_seconds=directory.card.frame_seconds)
+                engine = Engine(directory, engine_options)     # its error wins: the pool waits, then raises it
+                self.decoder = pending.result()
+        else:
+            self.decoder = CTCDecoder(engine.model.vocab, decoder, frame_seconds=engine.frame_seconds)
         self.engine = engine
         self.vocab = engine.model.vocab
         self.sample_rate = engine.sample_rate
-        self.decoder = CTCDecoder(self.vocab, decoder, frame_seconds=engine.frame_seconds)
         self.batch_size = max(1, getattr(engine, "options", engine_options).batch_size)
 
     # ------------------------------------------------------------------ API

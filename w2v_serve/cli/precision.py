@@ -20,8 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Run the model under each runtime (onnxruntime, openvino when installed) and "
                                    "precision (fp32, bf16, int8) on speech; a precision passes when its frame "
                                    "argmax agrees with fp32 ONNX Runtime on at least --threshold of the frames. "
-                                   "Writes precision_check.json beside the model card (the engine's default "
-                                   "precision is the fastest one that passed).")
+                                   "Writes its record into precision_check.json beside the model card, beside the "
+                                   "records of other kinds of CPU (one of the same kind is replaced); the engine's "
+                                   "default precision is the fastest one that passed on this kind of CPU.")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
     p.add_argument("--audio", action="append", default=[], metavar="FILE",
                    help="speech to check on (repeatable; FILE.txt beside it, if any, is its transcript)")
@@ -34,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", action="append", default=None, metavar="P",
                    help="precisions to check (repeatable; default: fp32, bf16, int8)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads (default: all cores)")
-    p.add_argument("--out", metavar="FILE", help="write the record here (default: DIR/precision_check.json)")
+    p.add_argument("--out", metavar="FILE", help="write the record into this file (default: DIR/precision_check.json)")
     p.add_argument("--no-write", action="store_true", help="print the record only")
     p.set_defaults(func=handler("w2v_serve.cli.precision:cmd_precision_check"))
 
