@@ -303,3 +303,35 @@ def test_start_up_errors_surface_from_the_concurrent_load(tmp_path):
         Transcriber(tiny_model_dir("attention"), decoder=bad_lm, engine_options=EngineOptions(variant="int9"))
     t = Transcriber(tiny_model_dir("attention"))
     assert t.decoder.options.method == "greedy" and t.vocab is t.engine.model.vocab
+
+
+def test_decode_worker_processes_give_the_transcripts_of_decoding_in_process(long_recording):
+    """Beam search on worker processes (``decode_workers``, the CLI's default with the beam
+    decoder): the same transcripts and word times as decoding in this process, for a long
+    recording (segments decoded out of process, joined in order) and a batch of files; a worker
+    killed mid-life (a fault nothing else causes) leaves decoding to this process, same results."""
+    import os
+    import signal
+    import time
+
+    units, files = long_recording
+    path, _ = files[2.5]
+    inputs = [path] + [p for p, _ in units[:5]]
+    beam = DecoderOptions(method=BEAM, beam_width=8)
+    options = EngineOptions(batch_size=4)
+    here = Transcriber(tiny_model_dir("local"), decoder=beam, engine_options=options).transcribe_batch(inputs)
+    with Transcriber(tiny_model_dir("local"), decoder=beam, engine_options=options, decode_workers=2) as t:
+        assert t._decode_pool is not None and t._decode_pool.workers == 2
+        pooled = t.transcribe_batch(inputs)
+        assert [r.to_dict() for r in pooled] == [r.to_dict() for r in here]
+        assert len(here[0].words) > 20 and all(r.ok for r in here)
+        executor = t._decode_pool._pool
+        for pid in list(executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not executor._broken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert executor._broken
+        again = t.transcribe_batch(inputs)
+        assert t._decode_pool is None
+        assert [r.to_dict() for r in again] == [r.to_dict() for r in here]

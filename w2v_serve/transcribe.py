@@ -18,10 +18,14 @@ the others are unaffected.
 
 from __future__ import annotations
 
+import collections
+import logging
+import multiprocessing
 import os
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -39,6 +43,8 @@ SEGMENT_MIN_S = 10.0
 SEGMENT_MAX_S = 30.0
 _STREAM_BLOCK_S = 10.0
 DECODE_QUEUE = 64            # stitched log-prob chunks (one per window) waiting for the decoder
+
+log = logging.getLogger("w2v.transcribe")
 
 
 @dataclass(frozen=True)
@@ -85,13 +91,16 @@ class Transcriber:
 
     def __init__(self, model: Union[str, Path, ModelDirectory, None] = None, *,
                  decoder: DecoderOptions = DecoderOptions(), engine_options: EngineOptions = EngineOptions(),
-                 engine: Optional[Engine] = None):
+                 engine: Optional[Engine] = None, decode_workers: int = 0):
+        # Forked first, before this process starts the runtime's threads (see DecodePool).
+        self._decode_pool: Optional[DecodePool] = None
+        if decode_workers > 0:
+            directory = model if isinstance(model, ModelDirectory) else \
+                (engine.model if engine is not None else ModelDirectory.load(model or _bundled_model()))
+            self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
         if engine is None:
             if model is None:
-                model = default_model_dir()
-                if model is None:
-                    raise ModelDirError("this installation has no bundled default model yet; "
-                                        "pass a model directory (written by `w2v export CKPT --out DIR`)")
+                model = _bundled_model()
             directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
             # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
             # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
@@ -105,6 +114,18 @@ class Transcriber:
         self.vocab = engine.model.vocab
         self.sample_rate = engine.sample_rate
         self.batch_size = max(1, getattr(engine, "options", engine_options).batch_size)
+
+    def close(self) -> None:
+        """Stops the decode worker processes, if any (also at interpreter exit)."""
+        if self._decode_pool is not None:
+            self._decode_pool.close()
+            self._decode_pool = None
+
+    def __enter__(self) -> "Transcriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ API
     def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
@@ -189,6 +210,11 @@ class Transcriber:
             log_probs = {}
             for it in good:
                 it.error = f"{it.path or 'array'}: inference failed ({e})"
+        decoded = {}
+        for it in batch:             # on the worker processes, if any, all at once
+            lp = log_probs.get(it.index)
+            if it.error is None and lp is not None:
+                decoded[it.index] = self._decode(lp, 0, hotwords)
         out = []
         for it in batch:
             if it.error is not None:
@@ -196,10 +222,22 @@ class Transcriber:
                 continue
             duration = len(it.audio) / self.sample_rate
             it.audio = None          # done with the samples
-            lp = log_probs.get(it.index)
-            transcript = self.decoder.decode(lp, hotwords=hotwords) if lp is not None else Transcript("")
+            try:
+                transcript = _result(decoded[it.index]) if it.index in decoded else Transcript("")
+            except Exception as e:   # this input's decode failed (NaN log-probs, ...): it alone
+                out.append(TranscriptionResult(it.path, error=_error_text(it, e)))
+                continue
             out.append(TranscriptionResult(it.path, transcript.text, transcript.words, duration))
         return out
+
+    def _decode(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> "Future | Transcript":
+        """One decode: submitted to the worker processes (a Future) or done here (a Transcript)."""
+        if self._decode_pool is not None:
+            future = self._decode_pool.submit(log_probs, frame_offset, hotwords)
+            if future is not None:
+                return future
+            self._decode_pool = None            # the pool broke: decode here from now on
+        return self.decoder.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
 
     def _run_long(self, item: _Item, sample_rate, hotwords) -> TranscriptionResult:
         samples = 0
@@ -269,20 +307,87 @@ class Transcriber:
         min_frames = int(SEGMENT_MIN_S / self.engine.frame_seconds)
         max_frames = int(SEGMENT_MAX_S / self.engine.frame_seconds)
         parts: list[Transcript] = []
+        # Segments out on the worker processes, in order: at most two per worker wait (memory).
+        in_flight: collections.deque = collections.deque()
+        limit = 2 * self._decode_pool.workers if self._decode_pool is not None else 0
         pending: list[np.ndarray] = []
         held = 0
         offset = 0                 # recording frame of the held frames' first row
+
+        def add(frames: np.ndarray, frame_offset: int) -> None:
+            in_flight.append(self._decode(frames, frame_offset, hotwords))
+            while in_flight and (len(in_flight) > limit or not isinstance(in_flight[0], Future)):
+                parts.append(_result(in_flight.popleft()))
+
         for _, chunk in chunks:
             pending.append(chunk)
             held += len(chunk)
             while held >= max_frames:
                 frames = np.concatenate(pending)
                 cut = safe_cut_frame(frames, self.vocab, min_frames, max_frames) or max_frames
-                parts.append(self.decoder.decode(frames[:cut], frame_offset=offset, hotwords=hotwords))
+                add(frames[:cut], offset)
                 pending, held, offset = [frames[cut:]], len(frames) - cut, offset + cut
         if held:
-            parts.append(self.decoder.decode(np.concatenate(pending), frame_offset=offset, hotwords=hotwords))
+            add(np.concatenate(pending), offset)
+        parts.extend(_result(f) for f in in_flight)
         return Transcript.join(parts)
+
+
+class DecodePool:
+    """Decoding on worker processes. pyctcdecode's beam search is a pure-Python loop: threads share
+    one core through the GIL, so on a long recording the decode left after the model's last window
+    ran on one core while the other idled. The workers are forked when the pool is made (callers
+    make it before the runtime starts its threads: a fork copies only the forking thread), each
+    loads its own decoder (the LM) and runs at lowered priority, so while the model runs they take
+    only the cycles its threads leave."""
+
+    def __init__(self, vocab, options: DecoderOptions, frame_seconds: float, workers: int) -> None:
+        self.workers = workers
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker,
+                                         initargs=(vocab, options, frame_seconds))
+        self._pool.submit(int)          # forks every worker now (not at the first decode)
+
+    def submit(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> Optional[Future]:
+        """The decode's Future; None when the pool is broken (a worker died)."""
+        try:
+            return self._pool.submit(_decode_in_worker, log_probs, frame_offset,
+                                     tuple(hotwords) if hotwords is not None else None)
+        except (BrokenProcessPool, RuntimeError) as e:
+            log.warning("decode workers unavailable (%s): decoding in this process", e)
+            return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_DECODER: Optional[CTCDecoder] = None
+
+
+def _start_decode_worker(vocab, options: DecoderOptions, frame_seconds: float) -> None:
+    global _WORKER_DECODER
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    _WORKER_DECODER = CTCDecoder(vocab, options, frame_seconds=frame_seconds)
+
+
+def _decode_in_worker(log_probs: np.ndarray, frame_offset: int, hotwords) -> Transcript:
+    assert _WORKER_DECODER is not None
+    return _WORKER_DECODER.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
+
+
+def _result(decoded: "Future | Transcript") -> Transcript:
+    return decoded.result() if isinstance(decoded, Future) else decoded
+
+
+def _bundled_model():
+    model = default_model_dir()
+    if model is None:
+        raise ModelDirError("this installation has no bundled default model yet; "
+                            "pass a model directory (written by `w2v export CKPT --out DIR`)")
+    return model
 
 
 def _lower_thread_priority(step: int = 10) -> None:

@@ -44,6 +44,9 @@ def add_parsers(sub) -> None:
     run.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads (default: all cores)")
     run.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
                      help="longer recordings run in overlapping windows of this length")
+    run.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                     help="processes that run the beam search beside the model (default: one per core "
+                          "with the beam decoder, none with greedy; 0: decode in this process)")
     p.set_defaults(func=handler("w2v_serve.cli.transcribe:cmd_transcribe"))
 
 
@@ -191,8 +194,11 @@ def cmd_transcribe(args) -> int:
     decoder = decoder_options(args, model)
     engine = EngineOptions(variant=args.variant, runtime=args.runtime, threads=args.threads,
                            batch_size=args.batch_size, window_s=args.window)
-    transcriber = Transcriber(model, decoder=decoder, engine_options=engine)
-    return _run(transcriber, paths, args)
+    workers = args.decode_workers
+    if workers is None:     # the beam search is pure Python: one process per core (greedy: nothing to gain)
+        workers = (os.cpu_count() or 1) if decoder.method == "beam" and (os.cpu_count() or 1) > 1 else 0
+    with Transcriber(model, decoder=decoder, engine_options=engine, decode_workers=workers) as transcriber:
+        return _run(transcriber, paths, args)
 
 
 def _triton_transcriber(args):
