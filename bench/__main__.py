@@ -55,9 +55,23 @@ def main(argv: list[str]) -> int:
             print(f"bench {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(name)
             continue
+        command = f"python -m bench {' '.join([name, *options])}"
         record = {"bench": name, "machine": machine(), "seconds": round(time.time() - start, 1),
-                  "command": f"python -m bench {' '.join([name, *options])}", "result": result}
-        (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+                  "command": command, "result": result}
+        path = out_dir / f"{name}.json"
+        if any(o.startswith("--skip-") for o in options) and path.exists() and isinstance(result, dict):
+            # A partial run (--skip-...) replaces the parts it ran and keeps the others, each part
+            # with the command and machine that measured it.
+            old = json.loads(path.read_text())
+            parts = {**old.get("parts", {}), **{k: {"command": command, "machine": record["machine"],
+                                                    "date": time.strftime("%Y-%m-%d %H:%M")}
+                                                 for k, v in result.items() if isinstance(v, dict)}}
+            for k, v in old.get("result", {}).items():
+                if isinstance(v, dict) and k not in result:
+                    result[k] = v
+                    parts.setdefault(k, {"command": old.get("command"), "machine": old.get("machine")})
+            record["parts"] = parts
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return 1 if failed else 0
 
 

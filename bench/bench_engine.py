@@ -297,6 +297,7 @@ def whole_job(tmp: Path, seconds: float, cache: Optional[Path], rounds: int) -> 
                            "windows_per_run": max(1, min(default_engine.options.batch_size,
                                                          default_engine.max_batch_samples // default_engine.window))},
         "decoder": options_for_model(model_dir).method,
+        "decode_workers": (os.cpu_count() or 1) if options_for_model(model_dir).method == "beam" else 0,
         "transcript_words": len(text.split()),
     }
 
