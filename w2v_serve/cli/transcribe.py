@@ -24,6 +24,7 @@ from w2v_serve.transcribe import TranscriptionResult
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 FORMATS = ("text", "jsonl", "srt", "vtt")
 OUTPUT_SUFFIX = {"text": ".txt", "jsonl": ".json", "srt": ".srt", "vtt": ".vtt"}
+MAX_AUTO_DECODE_WORKERS = 8
 
 
 def add_parsers(sub) -> None:
@@ -45,8 +46,8 @@ def add_parsers(sub) -> None:
     run.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
                      help="longer recordings run in overlapping windows of this length")
     run.add_argument("--decode-workers", type=int, default=None, metavar="N",
-                     help="processes that run the beam search beside the model (default: one per core "
-                          "with the beam decoder, none with greedy; 0: decode in this process)")
+                     help="processes that run the beam search beside the model (default: one per core, at "
+                          "most 8, with the beam decoder; none with greedy; 0: decode in this process)")
     p.set_defaults(func=handler("w2v_serve.cli.transcribe:cmd_transcribe"))
 
 
@@ -195,8 +196,9 @@ def cmd_transcribe(args) -> int:
     engine = EngineOptions(variant=args.variant, runtime=args.runtime, threads=args.threads,
                            batch_size=args.batch_size, window_s=args.window)
     workers = args.decode_workers
-    if workers is None:     # the beam search is pure Python: one process per core (greedy: nothing to gain)
-        workers = (os.cpu_count() or 1) if decoder.method == "beam" and (os.cpu_count() or 1) > 1 else 0
+    if workers is None:     # the beam search is pure Python: one process per core (greedy: nothing to gain),
+        cores = os.cpu_count() or 1                       # at most 8 (each holds the LM in memory)
+        workers = min(cores, MAX_AUTO_DECODE_WORKERS) if decoder.method == "beam" and cores > 1 else 0
     with Transcriber(model, decoder=decoder, engine_options=engine, decode_workers=workers) as transcriber:
         return _run(transcriber, paths, args)
 
