@@ -199,7 +199,7 @@ def test_precision_check_fails_a_precision_with_nan_output_instead_of_crashing(t
 def test_precision_check_keeps_a_record_per_kind_of_cpu(tmp_path, monkeypatch):
     """A check on a second kind of CPU adds its record instead of replacing the first one's; a
     rerun on the same kind replaces its own. On a CPU never checked a precision counts as passed
-    only where it passed on every CPU checked (int8 held on an AMD EPYC and not on an AMX Xeon)."""
+    only where it passed on every CPU checked (int8 and bf16 kernels differ by CPU)."""
     from w2v_serve import engine as engine_module
     from w2v_serve.engine import choose_runtime_and_precision, precision_record
     from w2v_serve.precision import write_record

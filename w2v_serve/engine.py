@@ -120,8 +120,8 @@ def same_machine(record: dict, here: Optional[dict] = None) -> bool:
 
 def precision_record(model: ModelDirectory) -> Optional[dict]:
     """The model's precision check record for this kind of CPU. On a CPU never checked, one record
-    made of all of them: a precision passes only where it passed on every CPU checked (int8 held
-    the answers on an AMD EPYC with AVX2 and not on an AMX Xeon: arithmetic differs by CPU), with
+    made of all of them: a precision passes only where it passed on every CPU checked (int8 and
+    bf16 kernels differ with the vector extensions, and so does their agreement), with
     the most recent record's speeds."""
     records = model.precision_checks
     here = machine_signature()
