@@ -312,7 +312,6 @@ def test_decode_worker_processes_give_the_transcripts_of_decoding_in_process(lon
     killed mid-life (a fault nothing else causes) leaves decoding to this process, same results."""
     import os
     import signal
-    import time
 
     units, files = long_recording
     path, _ = files[2.5]
@@ -325,13 +324,9 @@ def test_decode_worker_processes_give_the_transcripts_of_decoding_in_process(lon
         pooled = t.transcribe_batch(inputs)
         assert [r.to_dict() for r in pooled] == [r.to_dict() for r in here]
         assert len(here[0].words) > 20 and all(r.ok for r in here)
-        executor = t._decode_pool._pool
-        for pid in list(executor._processes):
+        # Killed while the next decodes go out: those lost in flight and the rest are decoded here.
+        for pid in list(t._decode_pool._pool._processes):
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not executor._broken and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert executor._broken
         again = t.transcribe_batch(inputs)
         assert t._decode_pool is None
         assert [r.to_dict() for r in again] == [r.to_dict() for r in here]

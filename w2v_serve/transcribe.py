@@ -92,16 +92,16 @@ class Transcriber:
     def __init__(self, model: Union[str, Path, ModelDirectory, None] = None, *,
                  decoder: DecoderOptions = DecoderOptions(), engine_options: EngineOptions = EngineOptions(),
                  engine: Optional[Engine] = None, decode_workers: int = 0):
+        if engine is None:
+            model = _bundled_model() if model is None else model
+            directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+        else:
+            directory = engine.model
         # Forked first, before this process starts the runtime's threads (see DecodePool).
         self._decode_pool: Optional[DecodePool] = None
         if decode_workers > 0:
-            directory = model if isinstance(model, ModelDirectory) else \
-                (engine.model if engine is not None else ModelDirectory.load(model or _bundled_model()))
             self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
         if engine is None:
-            if model is None:
-                model = _bundled_model()
-            directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
             # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
             # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
             with ThreadPoolExecutor(1, thread_name_prefix="w2v-decoder-load") as pool:
@@ -223,21 +223,34 @@ class Transcriber:
             duration = len(it.audio) / self.sample_rate
             it.audio = None          # done with the samples
             try:
-                transcript = _result(decoded[it.index]) if it.index in decoded else Transcript("")
+                transcript = self._finish(decoded[it.index]) if it.index in decoded else Transcript("")
             except Exception as e:   # this input's decode failed (NaN log-probs, ...): it alone
                 out.append(TranscriptionResult(it.path, error=_error_text(it, e)))
                 continue
             out.append(TranscriptionResult(it.path, transcript.text, transcript.words, duration))
         return out
 
-    def _decode(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> "Future | Transcript":
-        """One decode: submitted to the worker processes (a Future) or done here (a Transcript)."""
+    def _decode(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> "_Pending | Transcript":
+        """One decode: sent to the worker processes (``_Pending``) or done here (a Transcript)."""
         if self._decode_pool is not None:
             future = self._decode_pool.submit(log_probs, frame_offset, hotwords)
             if future is not None:
-                return future
+                return _Pending(future, (log_probs, frame_offset, hotwords))
             self._decode_pool = None            # the pool broke: decode here from now on
         return self.decoder.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
+
+    def _finish(self, decoded: "_Pending | Transcript") -> Transcript:
+        """A decode's transcript; one lost with a dead worker is decoded here instead."""
+        if isinstance(decoded, Transcript):
+            return decoded
+        try:
+            return decoded.future.result()
+        except BrokenProcessPool:
+            if self._decode_pool is not None:
+                log.warning("a decode worker died: decoding in this process from now on")
+                self._decode_pool = None
+            log_probs, frame_offset, hotwords = decoded.args
+            return self.decoder.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
 
     def _run_long(self, item: _Item, sample_rate, hotwords) -> TranscriptionResult:
         samples = 0
@@ -316,8 +329,8 @@ class Transcriber:
 
         def add(frames: np.ndarray, frame_offset: int) -> None:
             in_flight.append(self._decode(frames, frame_offset, hotwords))
-            while in_flight and (len(in_flight) > limit or not isinstance(in_flight[0], Future)):
-                parts.append(_result(in_flight.popleft()))
+            while in_flight and (len(in_flight) > limit or isinstance(in_flight[0], Transcript)):
+                parts.append(self._finish(in_flight.popleft()))
 
         for _, chunk in chunks:
             pending.append(chunk)
@@ -329,7 +342,7 @@ class Transcriber:
                 pending, held, offset = [frames[cut:]], len(frames) - cut, offset + cut
         if held:
             add(np.concatenate(pending), offset)
-        parts.extend(_result(f) for f in in_flight)
+        parts.extend(self._finish(d) for d in in_flight)
         return Transcript.join(parts)
 
 
@@ -378,8 +391,12 @@ def _decode_in_worker(log_probs: np.ndarray, frame_offset: int, hotwords) -> Tra
     return _WORKER_DECODER.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
 
 
-def _result(decoded: "Future | Transcript") -> Transcript:
-    return decoded.result() if isinstance(decoded, Future) else decoded
+@dataclass(frozen=True)
+class _Pending:
+    """A decode out on a worker, with what it needs to be redone here if the worker dies."""
+
+    future: Future
+    args: tuple                 # (log_probs, frame_offset, hotwords)
 
 
 def _bundled_model():
