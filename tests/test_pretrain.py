@@ -14,6 +14,7 @@ import torch
 
 from tests.speech_data import TINY_MODEL
 from training.checkpoint import load_checkpoint, safe_torch_load
+from training.cost import cpu_seconds
 from training.train_config import PretrainConfig, load_config
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "pretrain_small.yaml")
@@ -122,7 +123,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(corpus, tmp_path):
              "model.dropout_features=0.1", "schedule.warmup_updates=2"]
 
     straight = tmp_path / "straight"
+    cpu_before = cpu_seconds()
     run_training("pretrain", CONFIG, overrides(data / "train.tsv", straight, *extra))
+    cpu_spent = cpu_seconds() - cpu_before
 
     def interrupt(trainer, result):
         if trainer.update == 3:
@@ -131,7 +134,11 @@ def test_interrupted_and_resumed_run_is_bit_identical(corpus, tmp_path):
     resumed = tmp_path / "resumed"
     first = run_training("pretrain", CONFIG, overrides(data / "train.tsv", resumed, *extra), callbacks=[interrupt])
     assert first["stopped"] and first["update"] == 3
-    assert load_checkpoint(resumed / "checkpoint_last.pt").training["update"] == 3
+    stopped_at_3 = load_checkpoint(resumed / "checkpoint_last.pt")
+    assert stopped_at_3.training["update"] == 3
+    # The stage's cost goes on from the checkpoint's: pretend the first start took 10,000 s.
+    stopped_at_3.training["cost"] = {"cpu_s": 10000.0, "wall_s": 10000.0}
+    stopped_at_3.save(resumed / "checkpoint_last.pt")
     second = run_training("pretrain", CONFIG, overrides(data / "train.tsv", resumed, *extra))
     assert second["update"] == 6 and not second["stopped"]
 
@@ -149,6 +156,13 @@ def test_interrupted_and_resumed_run_is_bit_identical(corpus, tmp_path):
     la = [m["loss"] for m in metrics(straight) if "loss" in m][3:]
     lb = [m["loss"] for m in metrics(resumed) if "loss" in m][3:]
     assert la == lb and len(la) == 3
+    # Cost: the run's CPU seconds, at most what this process spent around it; the resumed run's
+    # records and checkpoint count on from the 10,000 s its checkpoint said, and only grow.
+    final_cpu = a.training["cost"]["cpu_s"]
+    assert 0 < final_cpu <= cpu_spent + 0.2 and a.training["cost"]["wall_s"] > 0
+    resumed_cpu = [m["cpu_s"] for m in metrics(resumed) if "loss" in m][3:]
+    assert all(10000 <= c < 10000 + 600 for c in resumed_cpu) and resumed_cpu == sorted(resumed_cpu)
+    assert resumed_cpu[-1] <= b.training["cost"]["cpu_s"] and b.training["cost"]["wall_s"] >= 10000
     # Training state loads with the weights-only unpickler (RNG states as tensors and lists).
     raw = safe_torch_load(resumed / "checkpoint_last.pt")
     assert isinstance(raw["training"]["rng"]["torch"], torch.Tensor)

@@ -309,12 +309,17 @@ def test_corpus_is_deterministic_resumable_and_split(tmp_path):
     assert (tmp_path / "a" / "train.wrd").read_text().count("\n") == 4
     corpus = json.loads((tmp_path / "a" / "corpus.json").read_text())
     assert corpus["splits"]["train"]["augmented"] == 4 and corpus["splits"]["dev"]["augmented"] == 0
+    # The engines run in the pool's processes: their CPU is counted (espeak-ng alone is ~10 ms each).
+    assert corpus["render_cost"]["cpu_s"] > 0.05 and corpus["render_cost"]["rendered_now"] == 9
 
     files = sorted((tmp_path / "a" / "audio").rglob("*.wav"))
     assert len(files) == 9 and not list((tmp_path / "a" / "audio").rglob("*.part"))
     stamp = {f: f.stat().st_mtime_ns for f in files}
     again = synth.synthesize_corpus(tmp_path / "a", **kw)  # resume: nothing to do, nothing rewritten
     assert again["splits"] == a["splits"] and again["rerendered_for_a_changed_plan"] == 0
+    assert again["render_cost"]["rendered_now"] == 0  # and the cost adds up over the starts
+    assert again["render_cost"]["cpu_s"] >= a["render_cost"]["cpu_s"]
+    assert again["render_cost"]["wall_s"] >= a["render_cost"]["wall_s"]
     assert all(f.stat().st_mtime_ns == stamp[f] for f in files)
 
     synth.synthesize_corpus(tmp_path / "b", **{**kw, "workers": 1})  # same command elsewhere: same bytes

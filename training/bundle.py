@@ -35,6 +35,9 @@ def _training_summary(train_dir: Path) -> dict:
         train_rows = [r for r in rows if r.get("split", "train") == "train"]
         if train_rows:
             out["updates"] = train_rows[-1].get("update")
+            costed = [r for r in train_rows if "cpu_s" in r]  # logged since the trainer keeps its cost
+            if costed:
+                out["cpu_minutes"] = round(costed[-1]["cpu_s"] / 60, 1)
         times = [r["time"] for r in rows if "time" in r]
         if len(times) > 1:
             # Busy time: gaps longer than STOPPED_GAP_S are the run being stopped and resumed.

@@ -46,6 +46,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import soundfile as sf
 
+from training.cost import StageCost
 from w2v_serve.audio import SAMPLE_RATE, load_audio
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -612,6 +613,10 @@ def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: 
                 f.writelines(json.dumps(d) + "\n" for d in records)
 
     workers = workers or max(1, os.cpu_count() or 1)
+    summary_path = out_dir / "corpus.json"
+    # Rendering's CPU and wall time, added up over the starts that finished a corpus.
+    earlier = json.loads(summary_path.read_text()).get("render_cost") if summary_path.exists() else None
+    cost = StageCost(earlier)
     results: dict[int, tuple[int, Optional[str]]] = {}
     from tqdm import tqdm
 
@@ -637,7 +642,8 @@ def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: 
 
     from training.manifest import Utterance, write_split
 
-    summary: dict = {**plan.info, "splits": {}, "failed": [], "rerendered_for_a_changed_plan": replanned}
+    summary: dict = {**plan.info, "splits": {}, "failed": [], "rerendered_for_a_changed_plan": replanned,
+                     "render_cost": {**cost.total(), "workers": workers, "rendered_now": len(todo)}}
     for split in splits:
         utts, details, rends = [], [], []
         for (index, r, _, useed), (s, path, _) in zip(plan.jobs, plan.meta):
@@ -655,7 +661,7 @@ def synthesize_corpus(out_dir: Path, *, num_train: int, num_dev: int, num_test: 
         with open(out_dir / f"{split}.renderings.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(d) + "\n" for d in details)
         summary["splits"][split] = _split_stats(utts, rends)
-    (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

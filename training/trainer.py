@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_state_checked
+from training.cost import StageCost
 from training.task import DistContext, StepOutput, Task
 from training.train_config import TrainConfig, to_dict
 
@@ -194,13 +195,14 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self.metrics = MetricsLog(self.save_dir, ctx.is_main, cfg.run.tensorboard)
         self.skipped_updates = 0
+        self.cost = StageCost()  # CPU and wall seconds over all starts, in the checkpoint
 
     # ------------------------------------------------------------------ checkpoints
     @property
     def last_checkpoint(self) -> Path:
         return self.save_dir / "checkpoint_last.pt"
 
-    def state(self) -> dict[str, Any]:
+    def state(self, cost: Optional[dict[str, float]] = None) -> dict[str, Any]:
         return {
             "task": self.task.name,
             "config": to_dict(self.cfg),
@@ -211,16 +213,24 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "cost": cost if cost is not None else self.cost_so_far(),
             **self.task.checkpoint_extra(),
         }
+
+    def cost_so_far(self) -> dict[str, float]:
+        """CPU seconds of every process, wall seconds, over all starts. Collective in a
+        distributed run: every process calls it at the same point."""
+        cpu = self.ctx.sum(torch.tensor([self.cost.cpu_since_start()], dtype=torch.float64, device=self.ctx.device))
+        return self.cost.total(float(cpu[0]))
 
     def save(self, path: Optional[Path] = None) -> Optional[Path]:
         """Rank 0 writes atomically; the others wait so nobody races ahead of a checkpoint."""
         path = path or self.last_checkpoint
+        cost = self.cost_so_far()  # collective: before the rank-0-only part
         if self.ctx.is_main:
             ckpt = Checkpoint.from_model(self.model, self.task.vocab(),
                                          meta={"source": f"w2v {self.task.name}", "update": self.update},
-                                         training=self.state())
+                                         training=self.state(cost))
             ckpt.save(path)
             if self.cfg.run.keep_interval_checkpoints and path == self.last_checkpoint:
                 ckpt.save(self.save_dir / f"checkpoint_{self.update}.pt")
@@ -244,6 +254,7 @@ class Trainer:
             log.warning("resuming a %d-process run on %d processes: data order continues approximately",
                         t["world_size"], self.ctx.world_size)
         set_rng_state(t["rng"])
+        self.cost.load(t.get("cost", {}))
         if self.ctx.is_main:
             log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.update, self.epoch,
                      self.batch_in_epoch)
@@ -385,7 +396,8 @@ class Trainer:
                         record = {"update": self.update, "split": "train", "epoch": self.epoch,
                                   "lr": result["lr"], "grad_norm": result["grad_norm"],
                                   "updates_per_s": window_updates / max(time.time() - started, 1e-9),
-                                  **self.task.log_record(dict(window), result["gauges"], window_updates)}
+                                  **self.task.log_record(dict(window), result["gauges"], window_updates),
+                                  **self.cost_so_far()}
                         self._log(record, bar)
                         alarms = self.task.check_alarms(record, self.update)
                         for a in alarms:
