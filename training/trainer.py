@@ -202,7 +202,8 @@ class Trainer:
     def last_checkpoint(self) -> Path:
         return self.save_dir / "checkpoint_last.pt"
 
-    def state(self, cost: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    def state(self, cost: dict[str, float]) -> dict[str, Any]:
+        """``cost``: ``cost_so_far()``, taken by every process before rank 0 calls this."""
         return {
             "task": self.task.name,
             "config": to_dict(self.cfg),
@@ -213,7 +214,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
-            "cost": cost if cost is not None else self.cost_so_far(),
+            "cost": cost,
             **self.task.checkpoint_extra(),
         }
 
