@@ -97,6 +97,35 @@ def test_freezing_and_initialization_from_a_pretrained_checkpoint(corpus, tmp_pa
     assert not changed(s0, s3, "feature_extractor")  # the conv encoder is frozen throughout
 
 
+def test_fresh_top_layers_keep_their_initialization_and_the_rest_is_loaded(corpus, tmp_path):
+    """task.fresh_top_layers=1: the last Transformer block is the fresh model's, every other
+    pre-trained tensor is the checkpoint's."""
+    from training.finetune import FinetuneTask
+    from training.model import Wav2Vec2Model
+
+    pre_cfg = load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path)).model.build(quantizer=True)
+    torch.manual_seed(5)
+    pre = Wav2Vec2Model(pre_cfg)
+    Checkpoint.from_model(pre).save(tmp_path / "pre.pt")
+    layers = pre_cfg.num_layers
+    assert layers >= 2
+    overrides = base_overrides(corpus, tmp_path / "run", f"task.init={tmp_path / 'pre.pt'}", "task.fresh_top_layers=1")
+    torch.manual_seed(6)
+    model = FinetuneTask(load_config(FinetuneConfig, CONFIG, overrides)).model
+    torch.manual_seed(6)   # the same fresh model, never initialized from the checkpoint
+    fresh = FinetuneTask(load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path / "run2"))).model
+    top = f"encoder.layers.{layers - 1}."
+    state, fresh_state = model.state_dict(), fresh.state_dict()
+    top_keys = [k for k in state if k.startswith(top)]
+    assert top_keys
+    for key in top_keys:   # biases and norms start as constants in both; the matrices differ
+        assert torch.equal(state[key], fresh_state[key]), key
+        assert state[key].dim() < 2 or not torch.equal(state[key], pre.state_dict()[key]), key
+    for key, value in pre.state_dict().items():
+        if not key.startswith(("quantizer", "project_", top)):
+            assert torch.equal(state[key], value), key
+
+
 def test_finetuning_sets_its_own_regularization_keys_and_inherits_the_architecture(corpus, tmp_path):
     """As fairseq's Wav2VecEncoder: dropouts, layer drop and masks come from the fine-tuning recipe or
     its defaults (Wav2Vec2AsrConfig's), never from the pre-training checkpoint; the architecture does."""

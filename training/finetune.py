@@ -74,14 +74,20 @@ def build_vocab(cfg, texts: list[Optional[str]], init_vocab: Optional[Vocabulary
     return Vocabulary.from_characters("".join(t for t in texts if t))
 
 
-def load_initial_weights(model: Wav2Vec2Model, path: str) -> dict:
+def load_initial_weights(model: Wav2Vec2Model, path: str, fresh_top_layers: int = 0) -> dict:
     """Copy every tensor of a pre-trained / imported checkpoint that the model has with the same
-    shape (the quantizer and contrastive heads are dropped; a new CTC head starts fresh)."""
+    shape (the quantizer and contrastive heads are dropped; a new CTC head starts fresh).
+    ``fresh_top_layers``: the last N Transformer blocks keep their fresh initialization (the top
+    blocks of a pre-trained model are the most specific to the contrastive task)."""
     ckpt = load_checkpoint(path)
     own = model.state_dict()
+    layers = model.config.num_layers
+    skipped = tuple(f"encoder.layers.{i}." for i in range(max(0, layers - fresh_top_layers), layers))
     loaded, dropped = [], []
     for key, value in ckpt.model_state.items():
-        if key in own and tuple(own[key].shape) == tuple(value.shape):
+        if fresh_top_layers and key.startswith(skipped):
+            dropped.append(key)
+        elif key in own and tuple(own[key].shape) == tuple(value.shape):
             own[key] = value
             loaded.append(key)
         else:
@@ -111,7 +117,7 @@ class FinetuneTask:
         model_cfg = cfg.model.build(finetuning_base(init_ckpt.model_config) if init_ckpt else None, **forced)
         self.model = Wav2Vec2Model(model_cfg)
         if init_ckpt is not None:
-            load_initial_weights(self.model, cfg.task.init)
+            load_initial_weights(self.model, cfg.task.init, cfg.task.fresh_top_layers)
         if cfg.task.freeze_feature_encoder:
             for p in self.model.feature_extractor.parameters():
                 p.requires_grad_(False)

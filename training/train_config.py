@@ -158,6 +158,7 @@ class FinetuneTaskConfig:
     init: str = ""                     # pre-trained / imported checkpoint to start from ("": scratch)
     freeze_updates: int = 0            # Transformer frozen (only the CTC head trains) this long
     freeze_feature_encoder: bool = True
+    fresh_top_layers: int = 0          # the last N Transformer blocks start fresh, not from init
 
 
 @dataclass

@@ -5,6 +5,7 @@
 #   UPD=2000 LABELS="1h 10min" INITS="pt ptu scratch" configs/lowres/run_finetunes.sh
 # PT=CKPT: the pre-trained checkpoint (default the recipe's runs/lowres/pretrain/checkpoint_last.pt);
 # TAG=_x: suffix of the run directories, to keep runs with other budgets apart.
+# EXTRA="key=value ...": more overrides for every run (e.g. EXTRA=task.fresh_top_layers=1 TAG=_fresh1).
 # Each run uses one thread (configs/lowres/finetune.yaml): start two at once on two cores.
 set -u
 cd "$(dirname "$0")/../.."
@@ -28,13 +29,13 @@ for labels in ${LABELS:-1h 10min}; do
     if [ "$init" = ptu ]; then extra+=(task.freeze_feature_encoder=false); fi
     start=$(date +%s)
     $W2V finetune configs/lowres/finetune.yaml data.train=data/synth2/subsets/train_${labels}.tsv \
-      run.save_dir=$dir run.max_updates=$UPD run.eval_interval=100000 run.progress=false "${extra[@]}" > $dir.log 2>&1
+      run.save_dir=$dir run.max_updates=$UPD run.eval_interval=100000 run.progress=false "${extra[@]}" ${EXTRA:-} > $dir.log 2>&1
     end=$(date +%s)
     $W2V export $dir/checkpoint_last.pt --out $dir/export --no-check > /dev/null 2>&1
     for split in test test_heldout_engine; do
       g=$($W2V eval data/synth2/$split.tsv --model $dir/export --decoder greedy --runtime onnxruntime --precision fp32 --json)
       b=$($W2V eval data/synth2/$split.tsv --model $dir/export --decoder beam --lm $LM --runtime onnxruntime --precision fp32 --json)
-      echo "{\"labels\": \"$labels\", \"init\": \"$init\", \"split\": \"$split\", \"updates\": $UPD, \"pretrain_updates\": $pt_updates, \"train_s\": $((end-start)), \"greedy\": $g, \"beam_lm\": $b}" >> runs/lowres/results.jsonl
+      echo "{\"labels\": \"$labels\", \"init\": \"$init\", \"split\": \"$split\", \"updates\": $UPD, \"pretrain_updates\": $pt_updates, \"extra\": \"${EXTRA:-}\", \"train_s\": $((end-start)), \"greedy\": $g, \"beam_lm\": $b}" >> runs/lowres/results.jsonl
     done
   done
 done
