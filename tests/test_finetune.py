@@ -124,6 +124,10 @@ def test_fresh_top_layers_keep_their_initialization_and_the_rest_is_loaded(corpu
     for key, value in pre.state_dict().items():
         if not key.startswith(("quantizer", "project_", top)):
             assert torch.equal(state[key], value), key
+    for bad in (-1, layers + 1):
+        with pytest.raises(ValueError, match=f"fresh_top_layers={bad}: the model has {layers}"):
+            FinetuneTask(load_config(FinetuneConfig, CONFIG, base_overrides(
+                corpus, tmp_path / "run3", f"task.init={tmp_path / 'pre.pt'}", f"task.fresh_top_layers={bad}")))
 
 
 def test_finetuning_sets_its_own_regularization_keys_and_inherits_the_architecture(corpus, tmp_path):

@@ -79,9 +79,11 @@ def load_initial_weights(model: Wav2Vec2Model, path: str, fresh_top_layers: int 
     shape (the quantizer and contrastive heads are dropped; a new CTC head starts fresh).
     ``fresh_top_layers``: the last N Transformer blocks keep their fresh initialization (the top
     blocks of a pre-trained model are the most specific to the contrastive task)."""
+    layers = model.config.num_layers
+    if not 0 <= fresh_top_layers <= layers:
+        raise ValueError(f"task.fresh_top_layers={fresh_top_layers}: the model has {layers} Transformer blocks")
     ckpt = load_checkpoint(path)
     own = model.state_dict()
-    layers = model.config.num_layers
     skipped = tuple(f"encoder.layers.{i}." for i in range(max(0, layers - fresh_top_layers), layers))
     loaded, dropped = [], []
     for key, value in ckpt.model_state.items():
