@@ -23,7 +23,6 @@ class StageCost:
     """Seconds spent before this start (from a checkpoint or an earlier summary) plus this start's."""
 
     def __init__(self, before: Optional[dict] = None) -> None:
-        self.before = {"cpu_s": 0.0, "wall_s": 0.0}
         self.load(before or {})
         self._cpu0, self._wall0 = cpu_seconds(), time.time()
 

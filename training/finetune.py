@@ -84,10 +84,10 @@ def load_initial_weights(model: Wav2Vec2Model, path: str, fresh_top_layers: int 
         raise ValueError(f"task.fresh_top_layers={fresh_top_layers}: the model has {layers} Transformer blocks")
     ckpt = load_checkpoint(path)
     own = model.state_dict()
-    skipped = tuple(f"encoder.layers.{i}." for i in range(max(0, layers - fresh_top_layers), layers))
+    skipped = tuple(f"encoder.layers.{i}." for i in range(layers - fresh_top_layers, layers))
     loaded, dropped = [], []
     for key, value in ckpt.model_state.items():
-        if fresh_top_layers and key.startswith(skipped):
+        if key.startswith(skipped):     # () when fresh_top_layers is 0: nothing is skipped
             dropped.append(key)
         elif key in own and tuple(own[key].shape) == tuple(value.shape):
             own[key] = value
