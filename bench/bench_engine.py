@@ -16,6 +16,7 @@ process start-up to a loaded model, audio load, window overlap, decoding.
 
     python -m bench engine            # the full run (about 10 minutes)
     python -m bench engine --quick    # development: 3 rounds, 2 minutes of audio for part 2
+    python -m bench engine --profile  # where ONNX Runtime fp32's time goes, by op type (the fp32 gap)
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bench.timing import (SAMPLE_RATE, floor_from_gemm, harmonic_audio, interleaved, median,
-                          ort_gemm)
+from bench.timing import (GFLOP_PER_AUDIO_SECOND, SAMPLE_RATE, floor_from_gemm, harmonic_audio,
+                          interleaved, median, ort_gemm)
 
 THREADS = 2
 AUDIO_SECONDS = 10.0
@@ -160,6 +161,69 @@ def model_only(tmp: Path, rounds: int, cache: Optional[Path]) -> dict:
         "load_seconds": load_s,
         "notes": notes,
         "export_seconds": round(export_s, 1),
+    }
+
+
+def conv_gflop(conv_layers, samples: int) -> float:
+    """FLOP (multiply-adds x 2) of the conv feature encoder over ``samples`` of audio."""
+    total, length, channels = 0.0, samples, 1
+    for out_channels, kernel, stride in conv_layers:
+        length = (length - kernel) // stride + 1
+        total += 2.0 * length * out_channels * channels * kernel
+        channels = out_channels
+    return total / 1e9
+
+
+def op_profile(tmp: Path, rounds: int, cache: Optional[Path]) -> dict:
+    """ONNX Runtime's own profiler on our BASE fp32 graph (2 threads, 10 s): kernel time by op
+    type, and the achieved GFLOP/s of Conv (the feature encoder) and MatMul (the Transformer)
+    against the fp32 GEMM floor's rate timed in the same rounds. This says whether the gap to the
+    floor is in ops outside the products (graph work) or in the products themselves (kernels)."""
+    import collections
+
+    import onnxruntime as ort
+
+    from training.model import wav2vec2_base
+
+    where = cache or tmp
+    ours_dir = export_ours(where / "base")
+    audio = harmonic_audio(AUDIO_SECONDS)
+    # The product's session settings (w2v_serve.sessions._ort_session), plus the profiler.
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    so.intra_op_num_threads = THREADS
+    so.enable_cpu_mem_arena = False
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp / "ort_profile")
+    session = ort.InferenceSession(str(ours_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    feed = {"audio": audio, "lengths": np.array([audio.shape[1]], dtype=np.int64)}
+    gemm, gemm_flop = ort_gemm(tmp, THREADS)
+    times = interleaved({"gemm": gemm, "ours": lambda: session.run(None, feed)}, rounds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+    kernel_us = sum(by_op.values())
+    wall = median(times["ours"])
+    _, rates = floor_from_gemm(times["gemm"], gemm_flop)
+    conv = conv_gflop(wav2vec2_base().config.conv_layers, audio.shape[1])
+    total = GFLOP_PER_AUDIO_SECOND * AUDIO_SECONDS
+    share = {op: us / kernel_us for op, us in by_op.most_common()}
+    achieved = {op: round(flop / (share.get(op, 0) * wall) if share.get(op) else 0.0, 1)
+                for op, flop in (("Conv", conv), ("MatMul", total - conv))}
+    return {
+        "model_seconds": round(wall, 4),
+        "kernel_share": {op: round(v, 4) for op, v in share.items() if v >= 0.001},
+        "outside_products_share": round(1.0 - share.get("Conv", 0) - share.get("MatMul", 0), 4),
+        "gflop": {"Conv": round(conv, 1), "MatMul": round(total - conv, 1)},
+        "achieved_gflops": achieved,
+        "gemm_floor_gflops": round(median(rates), 1),
+        "note": "kernel time is summed over every profiled run (warm-up included) and spread over "
+                "the median wall time by share; ORT's profiler adds a little overhead to each op",
     }
 
 
@@ -309,6 +373,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--cache", metavar="DIR", help="keep exports and audio here between runs (development)")
     parser.add_argument("--skip-job", action="store_true", help="model-only part only")
     parser.add_argument("--skip-models", action="store_true", help="whole-job part only")
+    parser.add_argument("--profile", action="store_true",
+                        help="only: ONNX Runtime fp32's kernel time by op type against the GEMM floor")
     args = parser.parse_args(argv or [])
     cache = Path(args.cache) if args.cache else None
     if cache:
@@ -317,9 +383,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     result: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if not args.skip_models:
+        if args.profile:
+            result["profile"] = op_profile(tmp, 3 if args.quick else ROUNDS, cache)
+        elif not args.skip_models:
             result["model_only"] = model_only(tmp, 3 if args.quick else ROUNDS, cache)
-        if not args.skip_job:
+        if not args.skip_job and not args.profile:
             result["whole_job"] = whole_job(tmp, 120.0 if args.quick else JOB_SECONDS, cache, 1 if args.quick else 3)
     result["load_average"] = {"before": [round(x, 2) for x in load_before],
                               "after": [round(x, 2) for x in os.getloadavg()]}
@@ -348,6 +416,14 @@ def _print(result: dict) -> None:
         for name, note in m["notes"].items():
             if name not in m["rtf"]:
                 print(f"  {name:38s} {note}")
+    p = result.get("profile")
+    if p:
+        print(f"ONNX Runtime fp32, ours, BASE {AUDIO_SECONDS:.0f} s, {THREADS} threads: {p['model_seconds']} s; "
+              f"GEMM floor rate {p['gemm_floor_gflops']} GFLOP/s")
+        for op, v in p["kernel_share"].items():
+            rate = p["achieved_gflops"].get(op)
+            print(f"  {op:24s} {100 * v:5.1f}% of kernel time" + (f", {p['gflop'][op]} GFLOP at {rate} GFLOP/s" if rate else ""))
+        print(f"  outside Conv and MatMul: {100 * p['outside_products_share']:.1f}%")
     j = result.get("whole_job")
     if j:
         print(f"whole job: {j['command']} ({j['audio_seconds']} s): {j['whole_job_seconds']} s; model only "
