@@ -130,6 +130,52 @@ def test_fresh_top_layers_keep_their_initialization_and_the_rest_is_loaded(corpu
                 corpus, tmp_path / "run3", f"task.init={tmp_path / 'pre.pt'}", f"task.fresh_top_layers={bad}")))
 
 
+@pytest.mark.parametrize("layer_norm_first", [True, False])
+def test_standardize_output_makes_every_channel_zero_mean_unit_variance_and_changes_nothing_else(
+        corpus, tmp_path, layer_norm_first):
+    """task.standardize_output: over the utterances it saw, each channel of c has mean 0 and
+    variance 1 (a float64 computation of the model before the fold, standardized by hand); only the
+    output LayerNorm's affine changed; pre-LN (encoder's last norm) and post-LN (last block's)."""
+    from training.finetune import STANDARDIZE_UTTERANCES, FinetuneTask, output_layer_norm
+    from training.model import Wav2Vec2Model
+    from w2v_serve.audio import load_audio
+
+    arch = f"model.layer_norm_first={str(layer_norm_first).lower()}"
+    pre_cfg = load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path, arch)).model.build(quantizer=True)
+    torch.manual_seed(7)
+    pre = Wav2Vec2Model(pre_cfg)
+    with torch.no_grad():   # a shared offset and one loud channel, as a pre-trained model's c has
+        norm = output_layer_norm(pre)
+        norm.bias.add_(torch.linspace(-2, 2, norm.bias.numel()))
+        norm.weight[3] = 8.0
+    Checkpoint.from_model(pre).save(tmp_path / "pre.pt")
+    init = f"task.init={tmp_path / 'pre.pt'}"
+    plain = FinetuneTask(load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path / "a", init, arch))).model
+    task = FinetuneTask(load_config(FinetuneConfig, CONFIG, base_overrides(
+        corpus, tmp_path / "b", init, arch, "task.standardize_output=true")))
+    model = task.model
+    assert len(task.dataset) < STANDARDIZE_UTTERANCES   # so it saw exactly these utterances
+    wavs = [torch.from_numpy(load_audio(u.path)) for u in task.dataset.utterances]
+
+    def contexts(m):
+        m = m.double().eval()
+        with torch.no_grad():
+            return torch.cat([m.contextualize(m.encode_features(w.double()[None])[0])[0][0] for w in wavs])
+
+    c = contexts(plain)
+    expected = (c - c.mean(0)) / (c.var(0, unbiased=False) + 1e-5).sqrt()
+    got = contexts(model)
+    assert got.mean(0).abs().max() < 1e-4
+    assert (got.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)   # fp32 fold of float64 stats
+    norm_keys = {k for k, v in model.state_dict().items() if v.data_ptr() in
+                 {output_layer_norm(model).weight.data_ptr(), output_layer_norm(model).bias.data_ptr()}}
+    assert len(norm_keys) == 2
+    for key, value in plain.state_dict().items():
+        if key not in norm_keys and not key.startswith("ctc_head"):
+            assert torch.equal(model.state_dict()[key].double(), value), key
+
+
 def test_finetuning_sets_its_own_regularization_keys_and_inherits_the_architecture(corpus, tmp_path):
     """As fairseq's Wav2VecEncoder: dropouts, layer drop and masks come from the fine-tuning recipe or
     its defaults (Wav2Vec2AsrConfig's), never from the pre-training checkpoint; the architecture does."""

@@ -159,6 +159,7 @@ class FinetuneTaskConfig:
     freeze_updates: int = 0            # Transformer frozen (only the CTC head trains) this long
     freeze_feature_encoder: bool = True
     fresh_top_layers: int = 0          # the last N Transformer blocks start fresh, not from init
+    standardize_output: bool = False   # fold per-channel standardization of c into the output LayerNorm
 
 
 @dataclass
