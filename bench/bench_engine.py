@@ -184,18 +184,12 @@ def op_profile(tmp: Path, rounds: int, cache: Optional[Path]) -> dict:
     import onnxruntime as ort
 
     from training.model import wav2vec2_base
+    from w2v_serve.sessions import ort_session_options
 
     where = cache or tmp
     ours_dir = export_ours(where / "base")
     audio = harmonic_audio(AUDIO_SECONDS)
-    # The product's session settings (w2v_serve.sessions._ort_session), plus the profiler.
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    so.intra_op_num_threads = THREADS
-    so.enable_cpu_mem_arena = False
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = ort_session_options(THREADS)   # the product's settings, plus the profiler
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp / "ort_profile")
     session = ort.InferenceSession(str(ours_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])

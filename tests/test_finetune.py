@@ -176,6 +176,19 @@ def test_standardize_output_makes_every_channel_zero_mean_unit_variance_and_chan
             assert torch.equal(model.state_dict()[key].double(), value), key
 
 
+def test_standardize_output_without_audio_is_a_clear_error_and_changes_nothing(corpus, tmp_path):
+    """Every training utterance unreadable: a ValueError naming the option, the model untouched."""
+    from training.finetune import output_layer_norm, standardize_output
+    from training.model import Wav2Vec2Model
+
+    model = Wav2Vec2Model(load_config(FinetuneConfig, CONFIG, base_overrides(corpus, tmp_path)).model.build())
+    before = {k: v.clone() for k, v in output_layer_norm(model).state_dict().items()}
+    with pytest.raises(ValueError, match="task.standardize_output needs training audio"):
+        standardize_output(model, [])
+    for key, value in output_layer_norm(model).state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_finetuning_sets_its_own_regularization_keys_and_inherits_the_architecture(corpus, tmp_path):
     """As fairseq's Wav2VecEncoder: dropouts, layer drop and masks come from the fine-tuning recipe or
     its defaults (Wav2Vec2AsrConfig's), never from the pre-training checkpoint; the architecture does."""

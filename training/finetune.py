@@ -136,7 +136,7 @@ def standardize_output(model: Wav2Vec2Model, waveforms: list[Tensor], eps: float
         total = sums if total is None else total + sums
         count += c.shape[0]
     model.train(was_training)
-    if total is None or count == 0:
+    if not count:
         raise ValueError("task.standardize_output needs training audio")
     mean = total[0] / count
     std = (total[1] / count - mean.pow(2)).clamp_min(0).add(eps).sqrt()

@@ -131,7 +131,9 @@ def open_session(path: str | Path, *, runtime: str = ONNXRUNTIME, providers: Opt
     return _ort_session(Path(path), providers, threads, fp16)
 
 
-def _ort_session(path: Path, providers: Optional[Sequence[str]], threads: int, fp16: bool) -> ort.InferenceSession:
+def ort_session_options(threads: int = 0) -> ort.SessionOptions:
+    """The ONNX Runtime settings every session of the product runs with (benchmarks that profile
+    a session start from these too). threads: intra-op threads (0: the runtime's choice)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -141,6 +143,11 @@ def _ort_session(path: Path, providers: Optional[Sequence[str]], threads: int, f
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3          # errors only; session.get_providers() says what runs
+    return so
+
+
+def _ort_session(path: Path, providers: Optional[Sequence[str]], threads: int, fp16: bool) -> ort.InferenceSession:
+    so = ort_session_options(threads)
     available = ort.get_available_providers()
     chosen: list = [p for p in (providers or PROVIDER_PREFERENCE) if p in available] or list(CPU_ONLY)
     if "TensorrtExecutionProvider" in chosen:
