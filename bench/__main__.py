@@ -1,35 +1,24 @@
-"""Run every benchmark module ``bench/bench_*.py`` (each has ``main() -> dict``), or those named.
+"""Run every benchmark module ``bench/bench_*.py`` (each has ``main(argv=None) -> dict``), or those named.
 
     python -m bench                 # all
     python -m bench export pretrain # bench_export.py and bench_pretrain.py only
     python -m bench engine --quick  # names, then options for their main(argv)
 
-Results are printed and written to ``bench/results/<name>.json`` with the machine's description.
+Each run appends one JSON line per figure to ``bench/results/<name>.jsonl`` (see
+:mod:`bench.records` for the fields): nested dicts in a module's result become dotted figure
+names, and every line carries the machine, the date, the versions, the exact command and the
+load average at the start, so a figure quoted in the docs can be traced to the run that measured it.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
+from bench.records import RESULTS, append_records, command_line, run_context
+
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def main(argv: list[str]) -> int:
@@ -42,36 +31,20 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(names)}", file=sys.stderr)
         return 2
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
     failed = []
     for name in chosen:
         print(f"\n=== bench {name} ===", flush=True)
-        start = time.time()
+        context = run_context(command_line(name, options))  # load average before the run
         try:
             module = importlib.import_module(f"bench.bench_{name}")
-            result = module.main(options) if options else module.main()
+            result = module.main(options)
         except Exception as e:  # one broken benchmark does not hide the others
             print(f"bench {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(name)
             continue
-        command = f"python -m bench {' '.join([name, *options])}"
-        record = {"bench": name, "machine": machine(), "seconds": round(time.time() - start, 1),
-                  "command": command, "result": result}
-        path = out_dir / f"{name}.json"
-        if any(o.startswith("--skip-") for o in options) and path.exists() and isinstance(result, dict):
-            # A partial run (--skip-...) replaces the parts it ran and keeps the others, each part
-            # with the command and machine that measured it.
-            old = json.loads(path.read_text())
-            parts = {**old.get("parts", {}), **{k: {"command": command, "machine": record["machine"],
-                                                    "date": time.strftime("%Y-%m-%d %H:%M")}
-                                                 for k, v in result.items() if isinstance(v, dict)}}
-            for k, v in old.get("result", {}).items():
-                if isinstance(v, dict) and k not in result:
-                    result[k] = v
-                    parts.setdefault(k, {"command": old.get("command"), "machine": old.get("machine")})
-            record["parts"] = parts
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        path = RESULTS / f"{name}.jsonl"
+        n = append_records(path, name, result, context, units=getattr(module, "UNITS", None))
+        print(f"{n} figures appended to {path} (run {context['date']}, load {context['load']})")
     return 1 if failed else 0
 
 

@@ -8,6 +8,8 @@ whitespace; pocketsphinx's output is scored the same way.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import os
 import time
 from pathlib import Path
@@ -48,7 +50,9 @@ def pocketsphinx_wer(manifest: Path, limit: int) -> dict:
             "cer": round(counts["char_errors"] / counts["chars"], 4), "real_time_factor": round(elapsed / audio_s, 4)}
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench default_model takes no options (got {' '.join(argv)})")
     model = default_model_dir()
     if model is None or not TEST.exists():
         raise RuntimeError(f"needs the bundled default model and the test set {TEST} (make default-model)")

@@ -12,6 +12,8 @@ torch's square GEMM rate is reported for comparison (ONNX Runtime's MLAS is the 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import os
 import statistics
 import tempfile
@@ -34,7 +36,9 @@ def _session(path: Path):
     return cpu_session(path, THREADS)
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench export takes no options (got {' '.join(argv)})")
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 

@@ -7,6 +7,8 @@ forward + backward + AdamW update. Medians of repeats, interleaved so that machi
 
 from __future__ import annotations
 
+from typing import Optional
+
 import statistics
 import tempfile
 import time
@@ -41,7 +43,9 @@ def _models():
     return cfg, ref, ours
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench pretrain takes no options (got {' '.join(argv)})")
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     from training.losses import diversity_loss

@@ -22,6 +22,8 @@ the server's RSS after each round (flat = nothing leaks). Latencies, client side
 
 from __future__ import annotations
 
+from typing import Optional
+
 import os
 import random
 import re
@@ -150,7 +152,9 @@ def _pct(values: list[float]) -> dict:
             "max_ms": round(float(a.max()), 1), "n": len(values)}
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench service takes no options (got {' '.join(argv)})")
     import psutil
 
     from tests.serve_helpers import tiny_model_dir

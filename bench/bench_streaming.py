@@ -12,6 +12,8 @@ architecture — the compute is the same; transcripts are not looked at here.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import statistics
 import tempfile
 import time
@@ -112,7 +114,9 @@ def accuracy_vs_offline(model_dir: Path, settings: dict, limit: int = 150) -> di
     return out
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench streaming takes no options (got {' '.join(argv)})")
     model_dir, which = _model_dir()
     print(f"model: {which} ({model_dir})")
     engine = Engine(model_dir, EngineOptions())

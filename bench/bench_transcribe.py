@@ -23,6 +23,8 @@ same files), real-time factor = decode seconds / audio seconds.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import json
 import os
 import re
@@ -138,7 +140,9 @@ def _median_time(fn, repeats: int = REPEATS) -> tuple[float, list[float], object
     return statistics.median(times), times, out, statistics.median(cpus)
 
 
-def main() -> dict:
+def main(argv: Optional[list[str]] = None) -> dict:
+    if argv:
+        raise SystemExit(f"python -m bench transcribe takes no options (got {' '.join(argv)})")
     import soundfile as sf
 
     from w2v_serve.audio import load_audio
