@@ -12,7 +12,7 @@ FESTIVAL_VOICES := /usr/share/festival/voices/english/kal_diphone /usr/share/fes
                    /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
 LEXICON := /usr/share/dict/american-english
 
-.PHONY: setup sysdeps test bench demo proto clean
+.PHONY: setup sysdeps test bench demo proto cli-docs clean
 
 # System packages (apt, as root); skipped when they are already there.
 sysdeps:
@@ -54,6 +54,10 @@ bench: setup
 # The gRPC API's generated code (committed) from w2v_serve/service/proto/w2v.proto.
 proto: setup
 	$(PY) -m w2v_serve.service.proto.generate
+
+# docs/cli.md from the argparse parsers (tests/test_cli_reference.py fails when it is out of date).
+cli-docs:
+	$(PY) -m w2v_serve.cli.reference --out docs/cli.md
 
 demo: setup
 	@echo "reference:  $$(cat samples/sample.txt)"
