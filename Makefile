@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The runtime only (w2v_serve, no torch) and KenLM for the bundled model's LM: what `make demo` needs.
+RUNTIME_STAMP := $(VENV)/.runtime-installed
 # fortunes (sentences) and wamerican (a word list for the LM) feed the default-model recipe.
 # `w2v data synth` speaks with espeak-ng, flite and festival (festvox-*: festival's English voices;
 # the *16k ones, whose 8k twins conflict with them) and may take WordNet's example sentences.
@@ -39,7 +41,13 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0 'numpy<2'
 	$(PY) -m pip install -q -e '.[all,test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[lm]'
+	touch $(RUNTIME_STAMP)
 
 setup: sysdeps $(STAMP)
 
@@ -59,7 +67,8 @@ proto: setup
 cli-docs:
 	$(PY) -m w2v_serve.cli.reference --out docs/cli.md
 
-demo: setup
+# The runtime and KenLM only (no torch, no apt packages): a newcomer waits minutes, not the training stack.
+demo: $(RUNTIME_STAMP)
 	@echo "reference:  $$(cat samples/sample.txt)"
 	@printf "transcript: "; $(VENV)/bin/w2v transcribe samples/sample.wav
 

@@ -3,7 +3,7 @@
 A line::
 
     {"bench": "streaming", "figure": "streaming.default.vs_offline", "value": 2.45, "unit": "x",
-     "cpu_model": "AMD EPYC", "cores": 2, "date": "2026-12-05T09:10:03Z", "w2v_version": "0.1.0",
+     "cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "avx512f", "avx512_bf16"], "cores": 2, "date": "2026-12-05T09:10:03Z", "w2v_version": "0.1.0",
      "commit": "b83fbac...", "versions": {"python": "3.11.2", "numpy": "1.26.4", ...},
      "command": "python -m bench streaming", "load": [0.5, 0.6, 0.3]}
 
@@ -64,6 +64,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector extensions that decide which kernels and precisions a CPU runs (/proc/cpuinfo flags).
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def w2v_version() -> str:
     """The version in this tree's pyproject.toml (the installed distribution's when there is none)."""
     try:
@@ -108,6 +123,7 @@ def run_context(command: str) -> dict:
     """What every record of one run shares; taken before the run starts (the load average too)."""
     return {
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "w2v_version": w2v_version(),
@@ -194,10 +210,13 @@ def markdown(records: list[dict], figures: Optional[list[str]] = None) -> str:
     first = records[0]
     libs = ", ".join(f"{k} {v}" for k, v in first["versions"].items())
     head = [
-        f"- machine: {first['cpu_model']}, {first['cores']} cores; load average at start "
+        f"- machine: {first['cpu_model']}"
+        + (f" ({', '.join(first['cpu_flags'])})" if first.get("cpu_flags") else "")
+        + f", {first['cores']} cores; load average at start "
         f"{' / '.join(str(x) for x in first['load'])} (1 / 5 / 15 min)",
         f"- date: {first['date']}; w2v {first['w2v_version']}"
-        + (f" (commit {first['commit'][:12]})" if first.get("commit") else ""),
+        + (f" (commit {first['commit'][:12]}{'-dirty' if first['commit'].endswith('-dirty') else ''})"
+           if first.get("commit") else ""),
         f"- versions: {libs}",
         f"- command: `{first['command']}`",
         "",

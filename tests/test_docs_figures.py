@@ -1,8 +1,11 @@
-"""Every figure the docs quote comes from a committed benchmark record.
+"""Every figure the docs quote comes from a committed record.
 
-A quoting table row ends with the record's address, `` `name.jsonl @ DATE` ``, and starts with
-the figure's name in backticks; its value cell (the second) must equal the record's value rounded
-to the digits printed. docs/benchmarks.md must quote only such rows.
+A quoting table row starts with the figure's name in backticks and ends with its record: a
+benchmark run, `` `name.jsonl @ DATE` `` (bench/results/name.jsonl), or the bundled model's card,
+`` `w2v_serve/models/default/model_card.json` `` (the figure's name is its dotted key). The value
+cell (the second) must equal the recorded value rounded to the digits printed (a value printed
+with % is the recorded fraction × 100). A row with more than the four cells of a run's table names
+the run's machine and command itself. docs/benchmarks.md must quote only such rows.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from bench.records import ADDRESS, RESULTS, append_records, flatten, markdown, r
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+CARD = "w2v_serve/models/default/model_card.json"
+CARD_ADDRESS = re.compile(rf"`{re.escape(CARD)}`\s*$")
 
 
 def _quoting_rows(page: Path) -> list[tuple[int, list[str]]]:
     rows = []
     for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
-        if line.startswith("|") and ADDRESS.search(line):
+        if line.startswith("|") and (ADDRESS.search(line) or CARD_ADDRESS.search(line.strip().strip("|"))):
             rows.append((n, [c.strip() for c in line.strip().strip("|").split("|")]))
     return rows
 
@@ -37,10 +42,21 @@ def _matches(printed: str, value) -> bool:
     if not m:
         return False
     text = m.group(0)
+    if printed.strip().endswith("%"):
+        value = value * 100
     if "e" in text:
         return abs(float(text) - value) <= abs(value) * 1e-3
     decimals = len(text.split(".")[1]) if "." in text else 0
     return Decimal(text) == round(Decimal(repr(float(value))), decimals)
+
+
+def _card_value(key: str):
+    value = json.loads((ROOT / CARD).read_text(encoding="utf-8"))
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _records(name: str) -> list[dict]:
@@ -53,13 +69,25 @@ def _records(name: str) -> list[dict]:
 def test_every_quoted_figure_is_in_a_committed_record(page):
     problems = []
     for n, cells in _quoting_rows(page):
-        name, date = ADDRESS.search(cells[-1]).groups()
         figure = cells[0].strip("`")
+        if cells[-1] == f"`{CARD}`":
+            value = _card_value(figure)
+            if value is None:
+                problems.append(f"{page.name}:{n}: {figure} is not in {CARD}")
+            elif not _matches(cells[1], value):
+                problems.append(f"{page.name}:{n}: {figure} printed {cells[1]!r}, recorded {value!r}")
+            continue
+        name, date = ADDRESS.search(cells[-1]).groups()
         found = [r for r in _records(name) if r["date"] == date and r["figure"] == figure]
         if not found:
             problems.append(f"{page.name}:{n}: {figure} is not in {name}.jsonl's run {date}")
         elif not _matches(cells[1], found[0]["value"]):
             problems.append(f"{page.name}:{n}: {figure} printed {cells[1]!r}, recorded {found[0]['value']!r}")
+        elif len(cells) > 4:
+            row = "|".join(cells)
+            for key in ("cpu_model", "command", "w2v_version"):
+                if str(found[0][key]) not in row:
+                    problems.append(f"{page.name}:{n}: the row does not name the run's {key} ({found[0][key]})")
     assert not problems, "\n".join(problems)
 
 
@@ -107,6 +135,7 @@ def test_records_round_trip_through_the_docs_table(tmp_path):
         assert cells[0] == f"`{r['figure']}`" and _matches(cells[1], r["value"]), cells
     assert not _matches("2.46", 2.4512) and _matches("2.45", 2.4512) and _matches("2.5", 2.4512)
     assert not _matches("15", 16.0)
+    assert _matches("47.5%", 0.4749) and not _matches("47.4%", 0.4749)
 
 
 def test_flatten_and_units():

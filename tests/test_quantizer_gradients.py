@@ -1,4 +1,4 @@
-"""What the Gumbel quantizer's straight-through estimator passes back (docs/quantization.md).
+"""What the Gumbel quantizer's straight-through estimator passes back (docs/gumbel_quantizer.md).
 
 Forward: the one-hot of i = argmax(l + n). Backward: the Jacobian of y = softmax((l + n)/τ) with
 the same noise n, applied to the loss's gradient at the hard forward point. So the contrastive

@@ -7,7 +7,7 @@ gradient of the soft Gumbel-softmax (straight-through estimator). Evaluation tak
 argmax, without noise. The chosen entries are concatenated (d) and mapped by ``project_q``
 (outside this module) to the contrastive space.
 
-What the losses train through it (docs/quantization.md, ``python -m training.model.quantizer_demo``):
+What the losses train through it (docs/gumbel_quantizer.md, ``python -m training.model.quantizer_demo``):
 the contrastive loss reaches the scores l (so W and z) through the soft Gumbel-softmax Jacobian,
 evaluated with the same noise n and temperature τ as the forward pass, and reaches only the
 codebook entries that were selected; the diversity loss reaches l through softmax(l), no noise.

@@ -1,4 +1,4 @@
-"""Which gradients the Gumbel quantizer passes on: a tiny worked example (docs/quantization.md).
+"""Which gradients the Gumbel quantizer passes on: a tiny worked example (docs/gumbel_quantizer.md).
 
     python -m training.model.quantizer_demo
 
