@@ -38,7 +38,7 @@ def _add_synth(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engines", action="append", default=None, metavar="LIST",
                    help="comma-separated engines (default: espeak-ng,flite,festival); "
-                        "`--engines espeak-ng` gives the espeak-ng-only corpus of earlier versions")
+                        "`--engines espeak-ng` gives the espeak-ng-only corpus of the default-model recipe")
     p.add_argument("--held-out-engine", default=None, metavar="ENGINE|none",
                    help="engine kept out of train/dev/test; it speaks only the test_heldout_engine split "
                         "(default: festival; ignored when not among --engines)")
@@ -50,7 +50,7 @@ def _add_synth(data_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--held-out-voices", type=float, default=0.15,
                    help="share of each training engine's voice settings kept for dev/test only")
     p.add_argument("--augmentation", choices=("auto", "legacy", "full"), default="auto",
-                   help="legacy: gain/noise/reverb/telephone as before; full: speed, pitch, formant, rooms, "
+                   help="legacy: gain, white/pink noise, a little reverb, the telephone band; full: speed, pitch, formant, rooms, "
                         "EQ, band limits, noise incl. babble, codecs (auto: legacy for an espeak-ng-only corpus)")
     p.add_argument("--augment", type=float, default=None, metavar="F",
                    help="share of train/unlabeled utterances augmented (default 0.5 legacy, 0.8 full)")
