@@ -1,4 +1,4 @@
-"""Streaming vs offline on the same model and audio, same run (issue: streaming and Triton).
+"""Streaming vs offline on the same model and audio, same run.
 
 * compute per second of audio: streaming (per window setting) / offline, medians of repeats;
 * latency after the audio is sent: partial (a chunk's look-ahead arrived -> its result) and

@@ -1,4 +1,4 @@
-"""docs/cli.md is the argparse parsers' reference as generated now, and it lists every flag."""
+"""docs/cli.md is what the generator writes from the argparse parsers, and it lists every flag."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Initialization and recipe values as fairseq's (issue 15): a model trained from scratch here
+"""Initialization and recipe values as fairseq's: a model trained from scratch here
 starts where fairseq's starts, and the LARGE recipes say what fairseq's say.
 
 References (facebookresearch/fairseq):

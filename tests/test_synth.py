@@ -212,12 +212,12 @@ def test_wordnet_sentences_are_plain_and_new():
     assert len(normalized) > 1000
 
 
-# The plan of `w2v data synth --engines espeak-ng --train 14652 --dev 300 --test 300 --seed 0`,
-# hashed in the units of the code before engines were added: old corpora are reproduced file for file.
+# The plan of `w2v data synth --engines espeak-ng --train 14652 --dev 300 --test 300 --seed 0` (the
+# default-model recipe's corpus), hashed in espeak-ng's own units: the corpus is reproduced file for file.
 LEGACY_PLAN_SHA256 = "0b282cb6d2d8c845060662bfd91b786a63beaaa2428adccc5410094dd7e82fb2"
 
 
-def test_espeak_only_plan_is_the_old_corpus():
+def test_espeak_only_plan_is_the_default_model_recipes_corpus():
     if not (synth.FORTUNES_DIR / "fortunes").exists():
         pytest.skip("fortunes is not installed")
     plan = synth.plan_corpus(Path("/nonexistent"), num_train=14652, num_dev=300, num_test=300, seed=0,
@@ -277,7 +277,7 @@ def _text_file() -> Path:
     return _TEXT[0]
 
 
-def test_old_renderings_records_still_match():
+def test_espeak_records_in_espeak_units_match_their_plan():
     old = {"path": "audio/train/train_000000.wav", "text": "a b c d", "voice": "en-us", "speed": 175, "pitch": 50,
            "gain_db": 0.0, "snr_db": None, "noise": "white", "reverb_rt60": 0.0, "telephone": False}
     new = {**old, "speed": 1.0, "pitch": 1.0, "engine": "espeak-ng", "chain": [], "seed": 1}

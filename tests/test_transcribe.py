@@ -141,7 +141,7 @@ def test_without_a_model_or_a_reachable_triton_the_message_is_clear(speech_files
     monkeypatch.setattr(md, "default_model_dir", lambda: None)
     assert w2v(["transcribe", str(speech_files[0])]) == 2
     assert "no bundled default model" in capsys.readouterr().err
-    # --triton goes to the Triton client (its own issue); with no server the error says so.
+    # --triton goes to the Triton client; with no server the error says so.
     assert w2v(["transcribe", str(speech_files[0]), "--triton", "127.0.0.1:9"]) == 2
     assert "Triton" in capsys.readouterr().err
 

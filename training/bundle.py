@@ -99,7 +99,7 @@ def bundle(model_dir: Path, corpus: Path, out: Path, lm: Path | None, train_dirs
         "results": results,
         "notes": notes,
     })
-    model.card.extra.pop("lm", None)  # older cards named the LM here; `decoding` does now
+    model.card.extra.pop("lm", None)  # the card's `decoding` section names the LM, not `extra`
     model.card.decoding = decoding
     if out.exists():
         shutil.rmtree(out)
