@@ -191,3 +191,56 @@ def test_big_messages_do_not_starve_a_normal_stream(open_server, expected):
     assert text == expected
     assert busy >= 1                       # the normal final came while the attack was going on
     assert final_latency < 1.5, final_latency
+
+
+# ---------------------------------------------------------------------------- malformed bytes
+GARBAGE = [b"\xff\xff\xff", b"\x0a\x05abc", b"\x12\xff\xff\xff\xff\x0f"]
+
+
+def _no_tracebacks(caplog) -> None:
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()], \
+        [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_malformed_unary_request_is_invalid_argument(open_server, expected, garbage, caplog):
+    with grpc.insecure_channel(open_server.address) as channel:
+        call = channel.unary_unary("/w2v.v1.Recognizer/Recognize")
+        with pytest.raises(grpc.RpcError) as info:
+            call(garbage, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in info.value.details()
+    _no_tracebacks(caplog)
+    assert_serves(open_server, expected)
+
+
+@pytest.mark.parametrize("where", ["first", "after the config", "after audio"])
+def test_malformed_stream_message_is_invalid_argument(open_server, expected, where, caplog):
+    config = float32_config().SerializeToString()
+    audio = audio_request(NORMAL[:1600]).SerializeToString()
+    messages = {"first": [GARBAGE[0]], "after the config": [config, GARBAGE[2]],
+                "after audio": [config, audio, audio, GARBAGE[1], audio]}[where]
+    with grpc.insecure_channel(open_server.address) as channel:
+        call = channel.stream_stream("/w2v.v1.Recognizer/StreamingRecognize")
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(iter(messages), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed" in info.value.details()
+    _no_tracebacks(caplog)
+    assert wait_for(lambda: open_server.call(lambda: open_server.server.service.open_streams) == 0)
+    assert_serves(open_server, expected)
+
+
+def test_health_check_with_garbage_is_invalid_argument(open_server):
+    with grpc.insecure_channel(open_server.address) as channel:
+        call = channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as info:
+            call(GARBAGE[0], timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("hotwords, reason", [(["x" * 101], "at most 100 characters"),
+                                              (["word"] * 257, "at most 256 hotwords"),
+                                              (["y" * 100] * 101, "total at most")])
+def test_hotword_limits(open_server, hotwords, reason):
+    with RecognizerClient(open_server.address) as client, pytest.raises(RecognizerError) as info:
+        list(client.stream_audio(NORMAL[:1600], hotwords=hotwords))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and reason in info.value.details

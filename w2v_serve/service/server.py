@@ -28,9 +28,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from w2v_serve.decoding import Word
+from w2v_serve.hotwords import hotwords_problem
 from w2v_serve.process import release_memory
 from w2v_serve.service.auth import BearerTokenInterceptor
 from w2v_serve.service.backends import Backend, StreamOptions
+from w2v_serve.service.malformed import MalformedRequestInterceptor
 from w2v_serve.service.limits import AudioFeed, ServiceLimits, StreamGuard, check_recording
 from w2v_serve.service.pcm import AudioFormat, ChunkDecoder, ChunkError
 from w2v_serve.service.proto import w2v_pb2 as pb
@@ -42,7 +44,7 @@ from w2v_serve.streaming import StreamResult
 log = logging.getLogger("w2v.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
 _POLL_S = 0.25            # how often a waiting stream checks its idle time and its backend
-_MAX_HOTWORDS, _MAX_BEAM_WIDTH = 256, 1024
+_MAX_BEAM_WIDTH = 1024
 _METHODS = {pb.DECODER_UNSPECIFIED: None, pb.GREEDY: "greedy", pb.BEAM: "beam"}
 
 
@@ -61,9 +63,9 @@ def parse_config(config: pb.RecognitionConfig) -> tuple[AudioFormat, StreamOptio
         raise invalid_argument(f"unknown decoder method {config.decoder.method}; use GREEDY or BEAM")
     if not 0 <= config.decoder.beam_width <= _MAX_BEAM_WIDTH:
         raise invalid_argument(f"decoder.beam_width must be in 0..{_MAX_BEAM_WIDTH}")
+    if problem := hotwords_problem(config.hotwords):     # before any work on them
+        raise invalid_argument(problem)
     hotwords = tuple(h.strip() for h in config.hotwords if h.strip())
-    if len(hotwords) > _MAX_HOTWORDS:
-        raise invalid_argument(f"at most {_MAX_HOTWORDS} hotwords")
     return fmt, StreamOptions(hotwords=hotwords, method=_METHODS[config.decoder.method],
                               beam_width=config.decoder.beam_width)
 
@@ -193,6 +195,8 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             await requests.put(_ClientGone() if context.cancelled() else (_EOF, time.monotonic()))
         except asyncio.CancelledError:
             raise
+        except ServiceError as e:  # a malformed message (malformed.py): the client's error, as it is
+            await requests.put(e)
         except Exception as e:   # the call broke: the handler sees it on its next take
             await requests.put(_ClientGone() if context.cancelled() else unavailable(f"reading the stream failed: {e}"))
 
@@ -274,6 +278,8 @@ class RecognitionServer:
         if self.auth_token:
             interceptors.append(BearerTokenInterceptor(
                 self.auth_token, on_reject=lambda: self.metrics.error(grpc.StatusCode.UNAUTHENTICATED)))
+        interceptors.append(MalformedRequestInterceptor(
+            on_reject=lambda: self.metrics.error(grpc.StatusCode.INVALID_ARGUMENT)))
         size = self.limits.max_message_bytes
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
