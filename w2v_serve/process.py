@@ -5,6 +5,9 @@
   with ``child_preexec`` (a ``subprocess.Popen(preexec_fn=...)``) or whose pool initializer
   calls it cannot outlive the process that started them. ``parent_pid`` closes the race where
   the parent died before the call.
+* ``exit_with_parent()``: for Python children (pool workers), a watcher thread that ends the
+  process when its parent *process* is gone (the death signal follows the creating thread,
+  which in a pool may be any thread).
 * ``release_memory()``: glibc keeps freed heap memory in its arenas; after a burst of large
   buffers (many streams, long chunks) ``malloc_trim`` hands the free pages back to the system.
 """
@@ -16,6 +19,8 @@ import ctypes.util
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Callable, Optional
 
 _PR_SET_PDEATHSIG = 1
@@ -55,6 +60,29 @@ def child_preexec(parent_pid: Optional[int] = None, new_session: bool = True) ->
         die_with_parent(parent)
 
     return preexec
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """End this process (exit status 1) soon after ``parent_pid`` stops being its parent."""
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="w2v-parent-watch", daemon=True).start()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def release_memory() -> None:

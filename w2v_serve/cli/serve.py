@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,14 +154,14 @@ def build_backend(args: argparse.Namespace, on_servers_up=None):
 def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
     """A tritonserver of our own on --repository, else on a scratch repository written from the
     model (--model or the bundled one) with this window, removed when the server stops."""
-    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
+    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port, scratch_repository
 
     repository, scratch = args.repository, args.repository is None
     if scratch:
         from w2v_serve.triton.repository import write_repository
 
         model = _model(args)
-        repository = Path(tempfile.mkdtemp(prefix="w2v-serve-repo-"))
+        repository = scratch_repository()
     try:
         if scratch:
             write_repository(model, repository,
@@ -178,7 +177,8 @@ def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
         raise
     log.info("starting tritonserver on %s", server.repository)
     try:
-        return server.start(timeout_s=180)     # a failed start stops the server (and removes scratch)
+        # A failed start stops the server (and removes scratch); once up, it is restarted if it dies.
+        return server.start(timeout_s=180, supervise=True)
     except TritonError as e:
         raise CommandError(f"--backend triton without --triton-url starts a local tritonserver, which failed: {e}") from e
 

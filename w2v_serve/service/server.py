@@ -44,6 +44,7 @@ from w2v_serve.streaming import StreamResult
 log = logging.getLogger("w2v.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
 _POLL_S = 0.25            # how often a waiting stream checks its idle time and its backend
+_HEALTH_POLL_S = 0.5      # how often health checking asks the backend whether it can recognize
 _MAX_BEAM_WIDTH = 1024
 _METHODS = {pb.DECODER_UNSPECIFIED: None, pb.GREEDY: "greedy", pb.BEAM: "beam"}
 
@@ -247,6 +248,10 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             return False
 
 
+def _health_status(serving: bool):
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 def stream_check(stream) -> None:
     check = getattr(stream, "check", None)
     if check is not None:
@@ -272,6 +277,11 @@ class RecognitionServer:
         self.metrics_port: Optional[int] = None
         self._server: Optional[grpc.aio.Server] = None
         self._drain_task: Optional[asyncio.Task] = None
+        self._health_task: Optional[asyncio.Task] = None
+        self._serving = True
+        # Health entries that follow the backend ("" is the server as a whole); front-ends that
+        # add services on this server add their names.
+        self.health_names: list[str] = ["", SERVICE_NAME]
 
     async def start(self) -> int:
         interceptors = []
@@ -298,11 +308,25 @@ class RecognitionServer:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = self.backend.healthy()
+        for name in self.health_names:
+            await self.health.set(name, _health_status(self._serving))
+        self._health_task = asyncio.ensure_future(self._watch_backend())
         if self.metrics_port_requested is not None:
             self.metrics_port = self.metrics.serve_http(self.metrics_port_requested, self.host)
         return self.port
+
+    async def _watch_backend(self) -> None:
+        """Health follows the backend: NOT_SERVING while it cannot recognize (no Triton server
+        answering, the local tritonserver restarting), SERVING again once it can."""
+        while not self.service.draining:
+            await asyncio.sleep(_HEALTH_POLL_S)
+            serving = bool(self.backend.healthy())
+            if serving != self._serving and not self.service.draining:
+                self._serving = serving
+                log.warning("backend %s: health %s", self.backend.name, "SERVING" if serving else "NOT_SERVING")
+                for name in self.health_names:
+                    await self.health.set(name, _health_status(serving))
 
     def drain(self) -> asyncio.Task:
         """Begin a graceful shutdown (idempotent); the task ends when the server has stopped."""
@@ -312,6 +336,8 @@ class RecognitionServer:
 
     async def _drain(self) -> None:
         self.service.draining = True
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self.health.enter_graceful_shutdown()     # every service NOT_SERVING
         open_now = self.service.open_streams
         if open_now:

@@ -203,6 +203,8 @@ class TritonBackend:
         self._offline: dict[str, TritonOfflineClient] = {}
 
     async def open_stream(self, options: StreamOptions) -> TritonBackendStream:
+        if self.local_server is not None and not self.local_server.running:
+            raise unavailable("the local tritonserver stopped and is being restarted; retry shortly")
         if options.method or options.beam_width:
             raise invalid_argument("the triton backend decodes with the repository's streaming decoder; "
                                    "per-stream decoder settings are not supported (leave decoder unset)")
@@ -235,6 +237,9 @@ class TritonBackend:
         return sum(s.open_streams for s in self.pool.servers)
 
     def healthy(self) -> bool:
+        """Some Triton server in rotation (a local one this service started also running)."""
+        if self.local_server is not None and not self.local_server.running:
+            return False
         return self.pool.up_count > 0
 
     def close(self) -> None:
