@@ -211,7 +211,7 @@ def test_unknown_encoding(full, offline):
 
 def test_sample_rate_zero(full, offline):
     e = refused(full, float32_config(sample_rate=0), audio_request(AUDIO[:1600]))
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "sample_rate_hz" in e.details()
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "8000..192000" in e.details()
     assert_still_serving(full, offline)
 
 

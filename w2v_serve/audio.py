@@ -16,10 +16,22 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+# The sample rates audio uses, from narrow-band telephony to studio recordings. Anything outside is
+# refused wherever a rate comes from a client or a file: a rate of 1 Hz would make every sample a
+# second of audio to resample and recognize.
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 192_000
 
 
 class AudioError(ValueError):
     """A file that cannot be used as audio; the message says which and why."""
+
+
+def sample_rate_problem(rate: int) -> str | None:
+    """Why ``rate`` is not an audio sample rate this project takes (None when it is one)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        return f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+    return None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from w2v_serve.hotwords import hotwords_problem
 from w2v_serve.vocab import Vocabulary
 
 GREEDY = "greedy"
@@ -120,6 +121,9 @@ def decoder_method(requested: Optional[str], hotwords: Iterable[str] = (), defau
     the choice to a server)."""
     if requested is not None and requested not in METHODS:
         raise DecoderError(f"unknown decoder {requested!r}; choose one of {', '.join(METHODS)}")
+    hotwords = tuple(hotwords)
+    if problem := hotwords_problem(hotwords):
+        raise DecoderError(problem)
     if requested == GREEDY and any(hotwords):
         raise DecoderError("hotwords need the beam decoder (--decoder beam, or leave the decoder unset)")
     return requested or (BEAM if any(hotwords) else default)

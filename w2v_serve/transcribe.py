@@ -36,6 +36,7 @@ from w2v_serve.audio import AudioError, load_audio, probe, resample, stream_audi
 from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript, Word, safe_cut_frame
 from w2v_serve.engine import Engine, EngineOptions
 from w2v_serve.model_dir import ModelDirectory, ModelDirError, default_model_dir
+from w2v_serve.process import exit_with_parent
 
 AudioInput = Union[str, Path, np.ndarray]
 # Long recordings are decoded in segments of SEGMENT_MIN_S..SEGMENT_MAX_S, cut where no word is.
@@ -352,13 +353,14 @@ class DecodePool:
     ran on one core while the other idled. The workers are forked when the pool is made (callers
     make it before the runtime starts its threads: a fork copies only the forking thread), each
     loads its own decoder (the LM) and runs at lowered priority, so while the model runs they take
-    only the cycles its threads leave."""
+    only the cycles its threads leave. A worker ends itself when this process is gone (killed
+    included)."""
 
     def __init__(self, vocab, options: DecoderOptions, frame_seconds: float, workers: int) -> None:
         self.workers = workers
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker,
-                                         initargs=(vocab, options, frame_seconds))
+                                         initargs=(vocab, options, frame_seconds, os.getpid()))
         self._pool.submit(int)          # forks every worker now (not at the first decode)
 
     def submit(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> Optional[Future]:
@@ -377,8 +379,9 @@ class DecodePool:
 _WORKER_DECODER: Optional[CTCDecoder] = None
 
 
-def _start_decode_worker(vocab, options: DecoderOptions, frame_seconds: float) -> None:
+def _start_decode_worker(vocab, options: DecoderOptions, frame_seconds: float, parent_pid: int) -> None:
     global _WORKER_DECODER
+    exit_with_parent(parent_pid)     # a killed `w2v transcribe` leaves no workers behind
     try:
         os.nice(10)
     except OSError:

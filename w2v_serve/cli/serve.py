@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,9 +52,17 @@ def _add_serve(sub) -> None:
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-streams", type=int, default=64, help="concurrent streams (default 64)")
     lim.add_argument("--max-chunk-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")
-    lim.add_argument("--max-stream-seconds", type=float, default=3600.0, help="audio per stream (default 3600)")
+    lim.add_argument("--max-stream-seconds", type=float, default=3600.0,
+                     help="audio per stream or recording, at the client's sample rate, checked before each "
+                          "message's work (default 3600)")
+    lim.add_argument("--max-stream-cpu-seconds", type=float, default=1800.0, metavar="S",
+                     help="server compute time one stream may take (default 1800)")
     lim.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
-                     help="end a stream with no request for S seconds (default 30)")
+                     help="end a stream whose client sends nothing for S seconds; time the server spends "
+                          "on the stream's audio does not count (default 30)")
+    lim.add_argument("--min-audio-rate", type=float, default=0.1, metavar="R",
+                     help="end a stream whose audio arrives slower than R seconds per second of the "
+                          "client's time, after the first --idle-timeout seconds (default 0.1; 0: off)")
     lim.add_argument("--grace-period", type=float, default=30.0, metavar="S",
                      help="on SIGTERM, let open streams finish for up to S seconds (default 30)")
     win = p.add_argument_group("streaming window (embedded backend, or a repository written for --backend triton)")
@@ -147,14 +154,14 @@ def build_backend(args: argparse.Namespace, on_servers_up=None):
 def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
     """A tritonserver of our own on --repository, else on a scratch repository written from the
     model (--model or the bundled one) with this window, removed when the server stops."""
-    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
+    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port, scratch_repository
 
     repository, scratch = args.repository, args.repository is None
     if scratch:
         from w2v_serve.triton.repository import write_repository
 
         model = _model(args)
-        repository = Path(tempfile.mkdtemp(prefix="w2v-serve-repo-"))
+        repository = scratch_repository()
     try:
         if scratch:
             write_repository(model, repository,
@@ -170,7 +177,8 @@ def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
         raise
     log.info("starting tritonserver on %s", server.repository)
     try:
-        return server.start(timeout_s=180)     # a failed start stops the server (and removes scratch)
+        # A failed start stops the server (and removes scratch); once up, it is restarted if it dies.
+        return server.start(timeout_s=180, supervise=True)
     except TritonError as e:
         raise CommandError(f"--backend triton without --triton-url starts a local tritonserver, which failed: {e}") from e
 
@@ -187,10 +195,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from w2v_serve.service.server import RecognitionServer, ServiceLimits
 
     logging.basicConfig(level=logging.INFO, format="w2v serve: %(message)s", stream=sys.stderr)
-    limits = ServiceLimits(max_streams=args.max_streams, max_chunk_bytes=args.max_chunk_bytes,
-                           max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout)
-    if min(limits.max_streams, limits.max_chunk_bytes) < 1 or min(limits.max_stream_seconds, limits.idle_timeout_s) <= 0:
-        raise CommandError("limits must be positive")
+    try:
+        limits = ServiceLimits(max_streams=args.max_streams, max_chunk_bytes=args.max_chunk_bytes,
+                               max_stream_seconds=args.max_stream_seconds,
+                               max_stream_cpu_s=args.max_stream_cpu_seconds, idle_timeout_s=args.idle_timeout,
+                               min_audio_rate=args.min_audio_rate)
+    except ValueError as e:
+        raise CommandError(f"limits: {e}") from None
     tls = _tls(args)
     token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
     gauge = {}

@@ -21,3 +21,9 @@ def invalid_argument(message: str) -> ServiceError:
 
 def unavailable(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def compute_exhausted(budget_s: float) -> ServiceError:
+    """A stream that spent its budget of server compute time."""
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"stream is over its budget of {budget_s:g} s of server compute time")

@@ -14,12 +14,11 @@ from typing import Optional
 import numpy as np
 import soxr
 
-from w2v_serve.audio import SAMPLE_RATE
+from w2v_serve.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE, sample_rate_problem  # noqa: F401 (re-exported)
 
 LINEAR16 = "LINEAR16"
 FLOAT32 = "FLOAT32"
 ENCODINGS = {LINEAR16: np.dtype("<i2"), FLOAT32: np.dtype("<f4")}
-MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 32
 
 
@@ -36,8 +35,9 @@ class AudioFormat:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise ChunkError(f"unknown audio encoding {self.encoding!r}; use LINEAR16 or FLOAT32")
-        if not 0 < self.sample_rate <= MAX_SAMPLE_RATE:
-            raise ChunkError(f"sample_rate_hz must be in 1..{MAX_SAMPLE_RATE}, got {self.sample_rate}")
+        problem = sample_rate_problem(self.sample_rate)
+        if problem:
+            raise ChunkError(f"sample_rate_hz: {problem}")
         if not 1 <= self.channels <= MAX_CHANNELS:
             raise ChunkError(f"audio_channel_count must be in 1..{MAX_CHANNELS}, got {self.channels}")
 
@@ -46,6 +46,7 @@ class AudioFormat:
         return ENCODINGS[self.encoding].itemsize * self.channels
 
     def seconds(self, n_bytes: int) -> float:
+        """Duration of ``n_bytes`` of this format at its own rate (before any resampling)."""
         return n_bytes / self.frame_bytes / self.sample_rate
 
 

@@ -3,8 +3,11 @@
 One asyncio event loop handles every call; the model runs elsewhere (the embedded backend's
 inference thread, or Triton), so a stream waiting for audio or for the model costs no thread.
 Each stream has a reader task that moves requests into a small queue; the handler takes them
-with a short timeout, which is what lets it end an idle stream (DEADLINE_EXCEEDED) and notice a
-backend server that went away while the client is quiet. A client that vanishes cancels its
+with a short timeout, which is what lets it end an idle stream (DEADLINE_EXCEEDED; the idle
+clock runs only while the handler waits with nothing queued) and notice a backend server that
+went away while the client is quiet. Audio goes through ``limits.AudioFeed``, which checks every
+message against the stream's budgets before any work on it (``limits`` holds the limits all
+protocol front-ends share; ``ServiceLimits`` is importable from here too). A client that vanishes cancels its
 handler: the ``finally`` closes the backend stream at once.
 
 Shutdown (SIGTERM, SIGINT): health turns NOT_SERVING, new calls get UNAVAILABLE, open streams
@@ -17,7 +20,6 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import grpc
@@ -26,8 +28,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from w2v_serve.decoding import Word
+from w2v_serve.hotwords import hotwords_problem
+from w2v_serve.process import release_memory
 from w2v_serve.service.auth import BearerTokenInterceptor
 from w2v_serve.service.backends import Backend, StreamOptions
+from w2v_serve.service.malformed import MalformedRequestInterceptor
+from w2v_serve.service.limits import AudioFeed, ServiceLimits, StreamGuard, check_recording
 from w2v_serve.service.pcm import AudioFormat, ChunkDecoder, ChunkError
 from w2v_serve.service.proto import w2v_pb2 as pb
 from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
@@ -38,22 +44,9 @@ from w2v_serve.streaming import StreamResult
 log = logging.getLogger("w2v.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
 _POLL_S = 0.25            # how often a waiting stream checks its idle time and its backend
-_MAX_HOTWORDS, _MAX_BEAM_WIDTH = 256, 1024
+_HEALTH_POLL_S = 0.5      # how often health checking asks the backend whether it can recognize
+_MAX_BEAM_WIDTH = 1024
 _METHODS = {pb.DECODER_UNSPECIFIED: None, pb.GREEDY: "greedy", pb.BEAM: "beam"}
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_streams: int = 64                 # concurrent streams (RESOURCE_EXHAUSTED beyond)
-    max_chunk_bytes: int = 1 << 20        # one audio message (INVALID_ARGUMENT beyond)
-    max_stream_seconds: float = 3600.0    # audio per stream or Recognize call (OUT_OF_RANGE beyond)
-    idle_timeout_s: float = 30.0          # no request for this long (DEADLINE_EXCEEDED)
-
-    @property
-    def max_message_bytes(self) -> int:
-        """gRPC's own cap on a request: room for a chunk, and for Recognize's whole audio up to
-        ten minutes of 16 kHz float32 (longer files belong on a stream)."""
-        return max(self.max_chunk_bytes + 4096, 10 * 60 * 16000 * 4 + 4096)
 
 
 # ---------------------------------------------------------------------------- config and results
@@ -71,9 +64,9 @@ def parse_config(config: pb.RecognitionConfig) -> tuple[AudioFormat, StreamOptio
         raise invalid_argument(f"unknown decoder method {config.decoder.method}; use GREEDY or BEAM")
     if not 0 <= config.decoder.beam_width <= _MAX_BEAM_WIDTH:
         raise invalid_argument(f"decoder.beam_width must be in 0..{_MAX_BEAM_WIDTH}")
+    if problem := hotwords_problem(config.hotwords):     # before any work on them
+        raise invalid_argument(problem)
     hotwords = tuple(h.strip() for h in config.hotwords if h.strip())
-    if len(hotwords) > _MAX_HOTWORDS:
-        raise invalid_argument(f"at most {_MAX_HOTWORDS} hotwords")
     return fmt, StreamOptions(hotwords=hotwords, method=_METHODS[config.decoder.method],
                               beam_width=config.decoder.beam_width)
 
@@ -142,26 +135,24 @@ class RecognizerService(pb_grpc.RecognizerServicer):
         handler = asyncio.current_task()
         context.add_done_callback(lambda ctx: handler.cancel() if ctx.cancelled() and not handler.done() else None)
         stream = None
+        guard = StreamGuard(self.limits)    # budgets, and the idle clock: the client's silence only
         try:
-            last_request = time.monotonic()
-
             async def next_request():
-                nonlocal last_request
-                while True:
-                    remaining = self.limits.idle_timeout_s - (time.monotonic() - last_request)
-                    if remaining <= 0:
-                        raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                           f"no request for {self.limits.idle_timeout_s:g} s (idle timeout)")
-                    try:
-                        item = await asyncio.wait_for(requests.get(), min(_POLL_S, remaining))
-                    except asyncio.TimeoutError:
-                        if stream is not None:
-                            stream_check(stream)
-                        continue
-                    if isinstance(item, BaseException):
-                        raise item
-                    last_request = time.monotonic()
-                    return item
+                guard.begin_wait()
+                try:
+                    while True:
+                        guard.check_waiting()
+                        try:
+                            item = await asyncio.wait_for(requests.get(), min(_POLL_S, max(0.01, guard.idle_left())))
+                        except asyncio.TimeoutError:
+                            if stream is not None:
+                                stream_check(stream)
+                            continue
+                        if isinstance(item, BaseException):
+                            raise item
+                        return item
+                finally:
+                    guard.end_wait()
 
             first, _ = await next_request()
             if first is _EOF:
@@ -172,27 +163,18 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             options = StreamOptions(first.streaming_config.interim_results, options.hotwords, options.method,
                                     options.beam_width)
             stream = await self.backend.open_stream(options)
-            audio_in = ChunkDecoder(fmt, self.backend.sample_rate)
-            received = 0
+            feed = AudioFeed(stream, fmt, self.backend.sample_rate, guard)
             while True:
                 request, arrived = await next_request()
                 if request is _EOF:
-                    results = await stream.send(audio_in.finish(), end=True)
+                    results = await feed.finish()
                     await self._write(context, results, arrived)
                     return
                 if request.HasField("streaming_config"):
                     raise invalid_argument("streaming_config may only be sent once, first")
                 data = request.audio_content
-                if len(data) > self.limits.max_chunk_bytes:
-                    raise invalid_argument(f"audio chunk of {len(data)} bytes is over the limit of "
-                                           f"{self.limits.max_chunk_bytes} bytes")
-                received += len(data)
-                if fmt.seconds(received) > self.limits.max_stream_seconds:
-                    raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
-                                       f"stream is over the limit of {self.limits.max_stream_seconds:g} s of audio")
-                audio = audio_in.decode(data)
+                results = await feed.feed(data)
                 self.metrics.audio_seconds.labels(rpc="streaming").inc(fmt.seconds(len(data)))
-                results = await stream.send(audio, end=False)
                 await self._write(context, results, arrived)
         finally:
             reader.cancel()
@@ -200,8 +182,10 @@ class RecognizerService(pb_grpc.RecognizerServicer):
                 stream.close()       # not awaited: nothing may interrupt the bookkeeping below
             self.open_streams -= 1
             self.metrics.streams_open.dec()
-            if self.open_streams == 0 and self._none_open is not None:
-                self._none_open.set()
+            if self.open_streams == 0:
+                release_memory()     # the streams' buffers go back to the system, not to malloc's pools
+                if self._none_open is not None:
+                    self._none_open.set()
 
     @staticmethod
     async def _read(request_iterator, requests: asyncio.Queue, context) -> None:
@@ -212,6 +196,8 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             await requests.put(_ClientGone() if context.cancelled() else (_EOF, time.monotonic()))
         except asyncio.CancelledError:
             raise
+        except ServiceError as e:  # a malformed message (malformed.py): the client's error, as it is
+            await requests.put(e)
         except Exception as e:   # the call broke: the handler sees it on its next take
             await requests.put(_ClientGone() if context.cancelled() else unavailable(f"reading the stream failed: {e}"))
 
@@ -237,9 +223,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             fmt, options = parse_config(request.config)
             if not request.audio_content:
                 raise invalid_argument("audio_content is empty")
-            if fmt.seconds(len(request.audio_content)) > self.limits.max_stream_seconds:
-                raise ServiceError(grpc.StatusCode.OUT_OF_RANGE,
-                                   f"audio is over the limit of {self.limits.max_stream_seconds:g} s")
+            check_recording(fmt, len(request.audio_content), self.limits)
             decoder = ChunkDecoder(fmt, self.backend.sample_rate)
             audio = np.concatenate([decoder.decode(request.audio_content), decoder.finish()])
             self.metrics.audio_seconds.labels(rpc="recognize").inc(fmt.seconds(len(request.audio_content)))
@@ -262,6 +246,10 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             return True
         except asyncio.TimeoutError:
             return False
+
+
+def _health_status(serving: bool):
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def stream_check(stream) -> None:
@@ -289,12 +277,19 @@ class RecognitionServer:
         self.metrics_port: Optional[int] = None
         self._server: Optional[grpc.aio.Server] = None
         self._drain_task: Optional[asyncio.Task] = None
+        self._health_task: Optional[asyncio.Task] = None
+        self._serving = True
+        # Health entries that follow the backend ("" is the server as a whole); front-ends that
+        # add services on this server add their names.
+        self.health_names: list[str] = ["", SERVICE_NAME]
 
     async def start(self) -> int:
         interceptors = []
         if self.auth_token:
             interceptors.append(BearerTokenInterceptor(
                 self.auth_token, on_reject=lambda: self.metrics.error(grpc.StatusCode.UNAUTHENTICATED)))
+        interceptors.append(MalformedRequestInterceptor(
+            on_reject=lambda: self.metrics.error(grpc.StatusCode.INVALID_ARGUMENT)))
         size = self.limits.max_message_bytes
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
@@ -313,11 +308,25 @@ class RecognitionServer:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = self.backend.healthy()
+        for name in self.health_names:
+            await self.health.set(name, _health_status(self._serving))
+        self._health_task = asyncio.ensure_future(self._watch_backend())
         if self.metrics_port_requested is not None:
             self.metrics_port = self.metrics.serve_http(self.metrics_port_requested, self.host)
         return self.port
+
+    async def _watch_backend(self) -> None:
+        """Health follows the backend: NOT_SERVING while it cannot recognize (no Triton server
+        answering, the local tritonserver restarting), SERVING again once it can."""
+        while not self.service.draining:
+            await asyncio.sleep(_HEALTH_POLL_S)
+            serving = bool(self.backend.healthy())
+            if serving != self._serving and not self.service.draining:
+                self._serving = serving
+                log.warning("backend %s: health %s", self.backend.name, "SERVING" if serving else "NOT_SERVING")
+                for name in self.health_names:
+                    await self.health.set(name, _health_status(serving))
 
     def drain(self) -> asyncio.Task:
         """Begin a graceful shutdown (idempotent); the task ends when the server has stopped."""
@@ -327,6 +336,8 @@ class RecognitionServer:
 
     async def _drain(self) -> None:
         self.service.draining = True
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self.health.enter_graceful_shutdown()     # every service NOT_SERVING
         open_now = self.service.open_streams
         if open_now:

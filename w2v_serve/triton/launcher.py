@@ -13,6 +13,7 @@ environment's ``bin`` on ``PATH`` and its ``site-packages`` (plus the project) o
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,12 +21,21 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from w2v_serve.process import child_preexec, pid_alive
+
+log = logging.getLogger("w2v.triton")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RESTART_DELAY_S, MAX_RESTART_DELAY_S, STABLE_RUN_S = 1.0, 30.0, 60.0
+# sh -c KEEPER tritonserver ARGS... with the lifeline pipe on stdin (see TritonServer._spawn).
+_KEEPER = 'exec 3<&0 0</dev/null; (read _ <&3; kill -9 0) & exec "$0" "$@" 3<&-'
+
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 
 
@@ -107,6 +117,25 @@ def check_repository(repository: Path) -> None:
                           f"`w2v export CKPT --out DIR --repository {repository}`")
 
 
+SCRATCH_PREFIX = "w2v-serve-repo-"
+
+
+def scratch_repository() -> Path:
+    """A new scratch directory for a repository written for one server, named after this
+    process; scratch directories of processes that no longer run (killed before they could
+    clean up) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(SCRATCH_PREFIX + "*"):
+        try:
+            pid = int(old.name[len(SCRATCH_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not pid_alive(pid) and old.is_dir() and not old.is_symlink():
+            log.info("removing %s, left by process %d", old, pid)
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,7 +145,11 @@ def free_port() -> int:
 class TritonServer:
     """A tritonserver process on a repository; a context manager that waits until ready and
     stops the server (SIGINT, then SIGKILL after a grace period) on exit. ``owns_repository``:
-    the repository is a scratch copy written for this server; stopping removes it."""
+    the repository is a scratch copy written for this server; stopping removes it.
+
+    The process leads a session of its own and gets SIGKILL when the process that started it
+    dies (``prctl(PR_SET_PDEATHSIG)``). With ``start(supervise=True)`` a thread reaps it when it
+    exits and starts it again with back-off (``running`` is False meanwhile)."""
 
     def __init__(self, repository: str | Path = DEFAULT_REPOSITORY, *, grpc_port: int = 8001,
                  http_port: int = 8000, metrics_port: int = 8002, host: str = "127.0.0.1",
@@ -131,6 +164,14 @@ class TritonServer:
         self.extra_args = extra_args
         self.verbose = verbose
         self.process: Optional[subprocess.Popen] = None
+        self.running = False                 # started and not known to have exited
+        self.restarts = 0                    # restarts by the supervisor
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor: Optional[threading.Thread] = None
+        self._started_at = 0.0
+        self._ready_timeout_s = 120.0
+        self._lifeline = None                # the write end of the group's lifeline pipe
 
     @property
     def grpc_url(self) -> str:
@@ -146,7 +187,25 @@ class TritonServer:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
         return cmd + list(self.extra_args)
 
-    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+    def start(self, timeout_s: float = 120.0, supervise: bool = False) -> "TritonServer":
+        """Start the server and wait until it is ready. ``supervise``: restart it whenever it
+        exits until ``stop()`` (see ``running``, ``restarts``)."""
+        self._stopping.clear()
+        self._spawn()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.running = True
+        if supervise:
+            self._ready_timeout_s = timeout_s
+            self._supervisor = threading.Thread(target=self._supervise, name="w2v-tritonserver-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _spawn(self) -> None:
         env = {**os.environ, **self.install.env}
         if self.log_file is None:
             out = subprocess.DEVNULL
@@ -154,14 +213,61 @@ class TritonServer:
             out = None  # inherit: the server logs to our stdout
         else:
             out = open(self.log_file, "ab")
-        self.process = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        # A process group of its own (terminal signals are ours to forward), which dies with this
+        # process: a shell starts a watcher on a pipe (its stdin) whose only writer is this
+        # process, then becomes tritonserver; when the pipe ends (this process exited, was
+        # killed, or closed it) the watcher kills the whole group: tritonserver and its backend
+        # stubs. tritonserver also gets SIGKILL from the kernel when its starting thread ends.
+        self._cut_lifeline()
         try:
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            self.process = subprocess.Popen(["/bin/sh", "-c", _KEEPER, *self.command()], env=env,
+                                            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=child_preexec(new_session=False))
+        finally:
+            if out not in (None, subprocess.DEVNULL):
+                out.close()
+        self._lifeline = self.process.stdin
+        self._started_at = time.monotonic()
+
+    def _cut_lifeline(self) -> None:
+        """Close this end of the pipe: the group's watcher kills whatever is left of it."""
+        if self._lifeline is not None:
+            try:
+                self._lifeline.close()
+            except OSError:
+                pass
+            self._lifeline = None
+
+    def _supervise(self) -> None:
+        """Reap the server when it exits and start it again, waiting 1, 2, 4 ... 30 s between
+        tries (back to 1 s once a run lasted a minute)."""
+        delay = RESTART_DELAY_S
+        while not self._stopping.is_set():
+            code = self.process.wait()            # reaps it: no zombie
+            if self._stopping.is_set():
+                return
+            self._cut_lifeline()                  # its backend stubs go too
+            self.running = False
+            if time.monotonic() - self._started_at >= STABLE_RUN_S:
+                delay = RESTART_DELAY_S
+            log.warning("tritonserver exited (code %s); restarting in %.0f s", code, delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            try:
+                with self._lock:            # stop() either sees this process or prevents it
+                    if self._stopping.is_set():
+                        return
+                    self._spawn()
+                self.wait_ready(self._ready_timeout_s)
+            except Exception as e:
+                log.warning("tritonserver restart failed: %s", e)
+                if self.process.poll() is None:
+                    self._kill_group()
+                continue
+            self.restarts += 1
+            self.running = True
+            log.warning("tritonserver is back (restart %d)", self.restarts)
 
     def wait_ready(self, timeout_s: float) -> None:
         import tritonclient.grpc as grpcclient
@@ -182,11 +288,25 @@ class TritonServer:
                           + (f"; see {self.log_file}" if self.log_file else ""))
 
     def stop(self, grace_s: float = 15.0) -> Optional[int]:
+        with self._lock:
+            self._stopping.set()
+        self.running = False
         try:
             return self._stop_process(grace_s)
         finally:
+            self._cut_lifeline()
+            if self._supervisor is not None:
+                self._supervisor.join(timeout=grace_s + 5)
+                self._supervisor = None
             if self.owns_repository:
                 shutil.rmtree(self.repository, ignore_errors=True)
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def _stop_process(self, grace_s: float) -> Optional[int]:
         p = self.process
@@ -196,8 +316,8 @@ class TritonServer:
         try:
             return p.wait(grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            return p.wait()
+            self._kill_group()
+            return p.returncode
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self

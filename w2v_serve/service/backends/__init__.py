@@ -8,6 +8,7 @@ for the client.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
@@ -27,9 +28,11 @@ class StreamOptions:
 
 class BackendStream(Protocol):
     description: str                 # where the stream runs ("embedded", "triton HOST:PORT")
+    compute_s: float                 # server compute time spent on the stream so far
 
-    async def send(self, audio: np.ndarray, *, end: bool) -> list[StreamResult]:
-        """Audio of the stream, in order; the partial and final results it produced."""
+    async def send(self, audio: np.ndarray, *, end: bool, budget_s: float = math.inf) -> list[StreamResult]:
+        """Audio of the stream, in order; the partial and final results it produced. A backend
+        may stop the work once ``budget_s`` more compute was spent (RESOURCE_EXHAUSTED)."""
 
     def close(self) -> None:
         """Free the stream's state. Must not block: it runs in the event loop, also while a call

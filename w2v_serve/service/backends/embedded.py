@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -20,9 +21,9 @@ import numpy as np
 
 from w2v_serve.service.backends import StreamOptions
 from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions, decoder_method
-from w2v_serve.service.backends.inference_worker import InferenceWorker
+from w2v_serve.service.backends.inference_worker import ComputeBudgetExceeded, InferenceWorker
 from w2v_serve.model_dir import ModelDirectory
-from w2v_serve.service.errors import ServiceError, invalid_argument
+from w2v_serve.service.errors import ServiceError, compute_exhausted, invalid_argument
 from w2v_serve.engine import Engine, EngineOptions, choose_runtime_and_precision
 from w2v_serve.sessions import STREAMING_PROVIDERS
 from w2v_serve.streaming import StreamError, StreamingConfig, StreamingRecognizer, StreamResult, open_streaming_session
@@ -51,17 +52,23 @@ class EmbeddedStream:
         self.stream_id = next(backend._ids)
         self.description = "embedded"
         self._open = True
+        self.compute_s = 0.0          # the inference worker's time on this stream's audio
         recognizer.start(self.stream_id)
 
-    async def send(self, audio: np.ndarray, *, end: bool) -> list[StreamResult]:
+    async def send(self, audio: np.ndarray, *, end: bool, budget_s: float = math.inf) -> list[StreamResult]:
         future = self._backend.worker.submit(self._rec, self.stream_id, audio, end=end,
                                              hotwords=self._options.hotwords or None,
-                                             partials=self._options.interim_results)
+                                             partials=self._options.interim_results, budget_s=budget_s)
         try:
-            results = await asyncio.wrap_future(future)
+            results, compute_s = await asyncio.wrap_future(future)
         except StreamError as e:
             self._open = False
             raise invalid_argument(str(e)) from None
+        except ComputeBudgetExceeded:
+            self._open = False
+            self.compute_s += budget_s
+            raise compute_exhausted(budget_s) from None
+        self.compute_s += compute_s
         if end:
             self._open = False   # the recognizer closed it with the final result
         return results

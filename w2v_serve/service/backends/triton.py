@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -134,6 +136,7 @@ class TritonBackendStream:
         self.description = f"triton {server.url}"
         self._open = True
         self._sent = False
+        self.compute_s = 0.0
 
     def check(self) -> None:
         """UNAVAILABLE as soon as the pinned server left the rotation (its sequence state is lost)."""
@@ -142,12 +145,19 @@ class TritonBackendStream:
             raise unavailable(f"Triton server {self.server.url} stopped answering ({self.server.reason}); "
                               "open a new stream")
 
-    async def send(self, audio: np.ndarray, *, end: bool) -> list[StreamResult]:
+    async def send(self, audio: np.ndarray, *, end: bool, budget_s: float = math.inf) -> list[StreamResult]:
         self.check()
         loop = asyncio.get_running_loop()
         self._sent = True
+
+        def run():
+            started = time.perf_counter()
+            try:
+                return self.stream.send(audio, end=end)
+            finally:
+                self.compute_s += time.perf_counter() - started    # the Triton request's time
         try:
-            results = await loop.run_in_executor(self._backend.executor, lambda: self.stream.send(audio, end=end))
+            results = await loop.run_in_executor(self._backend.executor, run)
         except TritonClientError as e:
             self._open = False
             if _server_gone(e):
@@ -193,6 +203,8 @@ class TritonBackend:
         self._offline: dict[str, TritonOfflineClient] = {}
 
     async def open_stream(self, options: StreamOptions) -> TritonBackendStream:
+        if self.local_server is not None and not self.local_server.running:
+            raise unavailable("the local tritonserver stopped and is being restarted; retry shortly")
         if options.method or options.beam_width:
             raise invalid_argument("the triton backend decodes with the repository's streaming decoder; "
                                    "per-stream decoder settings are not supported (leave decoder unset)")
@@ -225,6 +237,9 @@ class TritonBackend:
         return sum(s.open_streams for s in self.pool.servers)
 
     def healthy(self) -> bool:
+        """Some Triton server in rotation (a local one this service started also running)."""
+        if self.local_server is not None and not self.local_server.running:
+            return False
         return self.pool.up_count > 0
 
     def close(self) -> None:
