@@ -26,6 +26,7 @@ from typing import Optional
 
 import os
 import random
+import shutil
 import re
 import subprocess
 import sys
@@ -201,6 +202,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     finally:
         server.terminate()
         code = server.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
 
     survivors = [s for s in all_streams if not s.dropped]
     dropped = [s for s in all_streams if s.dropped]
