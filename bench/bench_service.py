@@ -26,8 +26,8 @@ from typing import Optional
 
 import os
 import random
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
