@@ -16,6 +16,10 @@ Layout::
 
 ``audio`` is raw 16 kHz mono in [-1, 1]; the graphs apply the model's own input normalization.
 ``logits`` are log-probabilities when the card says ``"logits_are_log_probs": true``.
+
+Every file the directory names (the card's graphs and language model, the vocabulary, the card
+itself) is resolved inside the directory: a name must be relative, without ``..``, and must not
+lead outside through a symbolic link; anything else is a ``ModelDirError`` and nothing is opened.
 """
 
 from __future__ import annotations
@@ -76,7 +80,18 @@ class ModelCard:
         if not isinstance(d.get("version"), int) or d["version"] > VERSION:
             raise ModelDirError(f"model card version {d.get('version')!r} is newer than supported ({VERSION})")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        defaults = cls()
+        for k, v in values.items():      # a hand-edited card fails here, not deep in a worker
+            want = type(getattr(defaults, k))
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool)) if want is not float \
+                else isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ok:
+                raise ModelDirError(f"model card field {k!r} must be a {want.__name__}, got {type(v).__name__}")
+        for variant, graphs in values.get("variants", {}).items():
+            if not isinstance(graphs, dict):
+                raise ModelDirError(f"model card variant {variant!r} must map graph names to file names")
+        return cls(**values)
 
     @property
     def frame_seconds(self) -> float:
@@ -96,13 +111,20 @@ class ModelDirectory:
             raise ModelDirError(f"{path}: not a model directory (run `w2v export CKPT --out DIR` to make one)")
         card_path = path / CARD_NAME
         try:
+            card_path = inside(path, CARD_NAME, "card")
             card = ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise ModelDirError(f"{path}: no {CARD_NAME}; not a w2v model directory") from None
         except json.JSONDecodeError as e:
             raise ModelDirError(f"{card_path}: not valid JSON: {e}") from e
-        vocab = Vocabulary.load(path / VOCAB_NAME)
+        except (UnicodeDecodeError, OSError) as e:
+            raise ModelDirError(f"{card_path}: cannot read the model card ({e})") from None
+        vocab = Vocabulary.load(inside(path, VOCAB_NAME, "vocabulary"))
         return cls(path, card, vocab)
+
+    def file(self, name: object, what: str) -> Path:
+        """``name`` (from the card) as a path inside this directory; ModelDirError otherwise."""
+        return inside(self.path, name, what)
 
     def graph_path(self, graph: str = FULL_GRAPH, variant: str = "fp32") -> Path:
         try:
@@ -110,7 +132,7 @@ class ModelDirectory:
         except KeyError:
             have = {v: sorted(g) for v, g in self.card.variants.items()}
             raise ModelDirError(f"{self.path}: no {graph!r} graph in variant {variant!r} (has {have})") from None
-        p = self.path / name
+        p = self.file(name, f"{graph!r} graph of variant {variant!r}")
         if not p.exists():
             raise ModelDirError(f"{p}: listed in the model card but missing")
         return p
@@ -122,7 +144,7 @@ class ModelDirectory:
     def precision_checks(self) -> list[dict[str, Any]]:
         """The precision check's records beside the card (``w2v precision-check``), one per kind of
         CPU it ran on; [] when it never ran."""
-        return read_precision_checks(self.path / PRECISION_CHECK_NAME)
+        return read_precision_checks(self.file(PRECISION_CHECK_NAME, "precision check"))
 
     @property
     def shipped_lm(self) -> Optional[Path]:
@@ -130,10 +152,32 @@ class ModelDirectory:
         name = self.card.decoding.get("lm")
         if not name:
             return None
-        p = self.path / name
+        p = self.file(name, "language model")
         if not p.exists():
             raise ModelDirError(f"{p}: language model named in the model card but missing")
         return p
+
+
+def inside(directory: str | Path, name: object, what: str = "file") -> Path:
+    """``directory / name`` when it stays inside ``directory``: ``name`` a non-empty relative
+    path without ``..`` whose resolved location (symbolic links followed) is in the directory's
+    resolved location. Otherwise a one-line ModelDirError; nothing is opened."""
+    directory = Path(directory)
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ModelDirError(f"{directory}: the model card's {what} must be a file name, got {name!r}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ModelDirError(f"{directory}: the model card's {what} {name!r} is outside the model directory "
+                            "(names must be relative, without '..')")
+    root = directory.resolve()
+    try:
+        target = (directory / relative).resolve()
+    except (OSError, RuntimeError) as e:     # a symbolic link loop
+        raise ModelDirError(f"{directory}: the model card's {what} {name!r} cannot be resolved ({e})") from None
+    if target != root and root not in target.parents:
+        raise ModelDirError(f"{directory}: the model card's {what} {name!r} leads outside the model directory "
+                            f"(to {target})")
+    return directory / relative
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -386,11 +386,19 @@ def _start_decode_worker(vocab, options: DecoderOptions, frame_seconds: float, p
         os.nice(10)
     except OSError:
         pass
-    _WORKER_DECODER = CTCDecoder(vocab, options, frame_seconds=frame_seconds)
+    try:
+        _WORKER_DECODER = CTCDecoder(vocab, options, frame_seconds=frame_seconds)
+    except Exception as e:   # the parent loads the same decoder and reports this in one line
+        global _WORKER_ERROR
+        _WORKER_ERROR = e
+
+
+_WORKER_ERROR: Optional[Exception] = None
 
 
 def _decode_in_worker(log_probs: np.ndarray, frame_offset: int, hotwords) -> Transcript:
-    assert _WORKER_DECODER is not None
+    if _WORKER_DECODER is None:
+        raise _WORKER_ERROR or RuntimeError("the decode worker has no decoder")
     return _WORKER_DECODER.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords)
 
 

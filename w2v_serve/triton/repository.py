@@ -57,7 +57,7 @@ def write_repository(model_dir: str | Path, repository: str | Path, *, native: O
             shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
     weights = repository / "acoustic" / "1"
     for f in sorted(model.path.iterdir()):
-        if f.is_file():
+        if model.file(f.name, "file").is_file():      # nothing from outside the directory
             shutil.copy2(f, weights / f.name)
     if native is not None:
         (weights / "model.py").unlink(missing_ok=True)
