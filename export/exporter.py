@@ -90,13 +90,33 @@ def export_model(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, fp
     model = inference_copy(ckpt.build_model())
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _remove_stale_staging(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
     try:
         card = _build_directory(model, ckpt, source, work, fp16=fp16, int8=int8, check=check, opset=opset)
         _move_into(work, out_dir, card)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def _staging_prefix(out_dir: Path) -> str:
+    """Staging directories are hidden siblings of the output named after the exporting process."""
+    return f".{out_dir.name}.export-"
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Staging directories of exports that were killed (their process no longer runs)."""
+    from w2v_serve.process import pid_alive
+
+    prefix = _staging_prefix(out_dir)
+    for old in out_dir.parent.glob(prefix + "*"):
+        try:
+            pid = int(old.name[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not pid_alive(pid) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], work: Path, *,
@@ -237,6 +257,13 @@ def _move_into(work: Path, out_dir: Path, card: ModelCard) -> None:
     for name in names:
         os.replace(work / name, out_dir / name)
     write_card(out_dir, card)
+    # Graphs of an earlier export into the same directory that this one did not write (a variant
+    # no longer asked for) would look like part of this model: remove them.
+    for stale in list(out_dir.iterdir()):
+        if stale.suffix == ".onnx" and stale.name not in names and stale.is_file():
+            for companion in (stale, stale.with_name(stale.name + ".data"), stale.with_name(stale.name + "_data")):
+                if companion.name not in names:
+                    companion.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- CLI

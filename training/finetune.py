@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.checkpoint import load_checkpoint
+from training.config import ConfigError
 from training.data import AudioDataset, BucketBatcher, FinetuneCollater, filter_by_length, make_loader
-from training.manifest import read_manifest
+from training.manifest import ManifestError, read_manifest
 from training.masking import channel_mask, time_mask
 from training.model import Wav2Vec2Model
 from training.task import DistContext, StepOutput, frame_lengths_of
@@ -70,7 +71,7 @@ def build_vocab(cfg, texts: list[Optional[str]], init_vocab: Optional[Vocabulary
     if init_vocab is not None:
         return init_vocab
     if not any(texts):
-        raise ValueError("fine-tuning needs transcripts (.ltr/.wrd next to the .tsv, or 'text' in JSON lines)")
+        raise ManifestError("fine-tuning needs transcripts (.ltr/.wrd next to the .tsv, or 'text' in JSON lines)")
     return Vocabulary.from_characters("".join(t for t in texts if t))
 
 
@@ -81,7 +82,7 @@ def load_initial_weights(model: Wav2Vec2Model, path: str, fresh_top_layers: int 
     blocks of a pre-trained model are the most specific to the contrastive task)."""
     layers = model.config.num_layers
     if not 0 <= fresh_top_layers <= layers:
-        raise ValueError(f"task.fresh_top_layers={fresh_top_layers}: the model has {layers} Transformer blocks")
+        raise ConfigError(f"task.fresh_top_layers={fresh_top_layers}: the model has {layers} Transformer blocks")
     ckpt = load_checkpoint(path)
     own = model.state_dict()
     skipped = tuple(f"encoder.layers.{i}." for i in range(layers - fresh_top_layers, layers))
@@ -137,7 +138,7 @@ def standardize_output(model: Wav2Vec2Model, waveforms: list[Tensor], eps: float
         count += c.shape[0]
     model.train(was_training)
     if not count:
-        raise ValueError("task.standardize_output needs training audio")
+        raise ManifestError("task.standardize_output needs training audio")
     mean = total[0] / count
     std = (total[1] / count - mean.pow(2)).clamp_min(0).add(eps).sqrt()
     norm = output_layer_norm(model)
@@ -176,10 +177,10 @@ class FinetuneTask:
         self.dataset = None
         if utts:
             if any(u.text is None for u in utts):
-                raise ValueError(f"{cfg.data.train}: some utterances have no transcript")
+                raise ManifestError(f"{cfg.data.train}: some utterances have no transcript")
             keep = filter_by_length(utts, cfg.data.min_sample_size, cfg.data.max_sample_size)
             if not keep:
-                raise ValueError(f"{cfg.data.train}: no utterance within data.min_sample_size.."
+                raise ManifestError(f"{cfg.data.train}: no utterance within data.min_sample_size.."
                                  f"data.max_sample_size samples")
             self.dataset = AudioDataset([utts[i] for i in keep])
             self.texts = [u.text for u in self.dataset.utterances]
@@ -209,7 +210,7 @@ class FinetuneTask:
 
     def loaders(self, epoch: int, skip: int, ctx: DistContext):
         if self.dataset is None:
-            raise ValueError("data.train is not set")
+            raise ConfigError("data.train is not set")
         shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
         collate = FinetuneCollater(self._vocab, self.texts)
         return make_loader(self.dataset, shard[skip:], collate, self.cfg.data.num_workers), len(shard)

@@ -15,12 +15,13 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from training.config import ConfigError
 from training.data import AudioDataset, BucketBatcher, PretrainCollater, filter_by_length, make_loader
 from training.losses import (ContrastiveOutput, code_perplexity, contrastive_loss, diversity_loss, feature_penalty,
                              nats_to_bits, perplexity)
 from training.feature_structure import MIN_GAP as MIN_STRUCTURE_GAP
 from training.feature_structure import temporal_structure
-from training.manifest import read_manifest
+from training.manifest import ManifestError, read_manifest
 from training.masking import time_mask
 from training.model import Wav2Vec2Model
 from training.model.quantizer import QuantizerOutput, gumbel_temperature
@@ -132,7 +133,7 @@ class PretrainTask:
             utts = read_manifest(cfg.data.train, labels=None)
             keep = filter_by_length(utts, cfg.data.min_sample_size, None)
             if not keep:
-                raise ValueError(f"{cfg.data.train}: no utterance of at least data.min_sample_size="
+                raise ManifestError(f"{cfg.data.train}: no utterance of at least data.min_sample_size="
                                  f"{cfg.data.min_sample_size} samples")
             self.dataset = AudioDataset([utts[i] for i in keep])
             sizes = [min(u.num_samples, cfg.data.max_sample_size) for u in self.dataset.utterances]
@@ -153,7 +154,7 @@ class PretrainTask:
 
     def loaders(self, epoch: int, skip: int, ctx: DistContext):
         if self.dataset is None:
-            raise ValueError("data.train is not set")
+            raise ConfigError("data.train is not set")
         shard = self.batcher.shard(epoch, ctx.rank, ctx.world_size)
         collate = PretrainCollater(self.cfg.run.seed, epoch, self.cfg.data.max_sample_size,
                                    self.cfg.data.crop_to_shortest)

@@ -1,12 +1,21 @@
 """The one audio loader: any file libsndfile reads (WAV, FLAC, OGG/Vorbis, ...), any sample
-rate (soxr high-quality resampling), any channel count (mean downmix), integer or float PCM,
-returned as float32 mono in [-1, 1] at the requested rate.
+rate from 8,000 to 192,000 Hz (soxr high-quality resampling), any channel count (mean downmix),
+integer or float PCM, returned as float32 mono in [-1, 1] at the requested rate. ``w2v
+transcribe`` (``load_audio``, ``stream_audio``) and ``w2v stream`` (``read_audio``, which keeps
+the file's rate and channels for the server) read files through it, with the same checks.
 
-Every failure is an ``AudioError`` whose message names the file and the reason.
+Every failure is an ``AudioError`` whose message names the file and the reason: what kind of
+file it is when it is not a regular one (directory, FIFO, device, broken link, link loop), no
+permission, empty, not audio, truncated (a WAV data chunk longer than the file), a sample rate
+outside the range, samples that are NaN/Inf or more than ``MAX_PEAK`` times full scale.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +30,9 @@ SAMPLE_RATE = 16000
 # second of audio to resample and recognize.
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
+# Float samples beyond this many times full scale are not audio (a wrong scale, or hostile).
+MAX_PEAK = 100.0
+log = logging.getLogger("w2v.audio")
 
 
 class AudioError(ValueError):
@@ -48,23 +60,48 @@ class AudioInfo:
 
 
 def probe(path: str | Path) -> AudioInfo:
-    """Header information without decoding the samples."""
+    """Header information without decoding the samples; the file is checked first (a regular,
+    readable, non-empty file; a sample rate in MIN_SAMPLE_RATE..MAX_SAMPLE_RATE; a WAV whose
+    data chunk is all there)."""
     path = Path(path)
     _check_file(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{path}: not a readable audio file ({_reason(e)})") from e
+    if problem := sample_rate_problem(info.samplerate):
+        raise AudioError(f"{path}: {problem}")
+    if info.format in ("WAV", "WAVEX"):
+        _check_wav_complete(path)
     return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
+    """What kind of file ``path`` is, in words, when it is not a readable, non-empty regular
+    file (checked without opening anything that could block, such as a FIFO)."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AudioError(f"{path}: symbolic link loop") from None
+        if e.errno == errno.EACCES:
+            raise AudioError(f"{path}: permission denied") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if path.is_symlink():
+                raise AudioError(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+            raise AudioError(f"{path}: no such file") from None
+        raise AudioError(f"{path}: cannot access ({e.strerror})") from None
+    kind = st.st_mode
+    if stat.S_ISDIR(kind):
         raise AudioError(f"{path}: is a directory")
-    if path.stat().st_size == 0:
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(kind):
+            raise AudioError(f"{path}: is {what}, not a regular file")
+    if st.st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"{path}: permission denied")
 
 
 def _reason(e: Exception) -> str:
@@ -82,13 +119,16 @@ def _check_wav_complete(path: Path) -> None:
         header = f.read(12)
         if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
             return
+        riff_size = struct.unpack("<I", header[4:8])[0]
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
             if chunk_id == b"data":
-                # 0 and 0xFFFFFFFF mean "unknown length" (streamed WAV / RF64): nothing to check.
-                if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+                # 0 and 0xFFFFFFFF mean "unknown length" in a streamed WAV, whose RIFF size says
+                # the same; with a real RIFF size, a data chunk beyond the file is truncation.
+                streamed = chunk_size in (0, 0xFFFFFFFF) and riff_size in (0, 0xFFFFFFFF)
+                if not streamed and pos + 8 + chunk_size > size:
                     have = size - pos - 8
                     raise AudioError(f"{path}: truncated (data chunk declares {chunk_size} bytes, {have} present)")
                 return
@@ -111,12 +151,23 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1, dtype=np.float32)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode ``path`` to float32 mono at ``sample_rate``.
+def check_samples(data: np.ndarray, name: str) -> None:
+    """Refuse samples that are not audio: NaN or Inf, or float samples far beyond full scale
+    (peak over MAX_PEAK: a float file written with the wrong scale, or a hostile one); warn when
+    they exceed full scale by less."""
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name}: contains non-finite samples (NaN or Inf)")
+    peak = float(np.abs(data).max()) if data.size else 0.0
+    if peak > MAX_PEAK:
+        raise AudioError(f"{name}: samples reach {peak:.3g}, not audio in [-1, 1] "
+                         f"(more than {MAX_PEAK:g} times full scale)")
+    if peak > 1.0 + 1e-6:
+        log.warning("%s: samples exceed full scale (peak %.3g); recognized as they are", name, peak)
 
-    Raises AudioError for a missing, empty, non-audio, truncated or silent-by-corruption file,
-    or one with non-finite samples.
-    """
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """The file's samples as they are: float32 [frames, channels] and the file's sample rate,
+    with every check of ``load_audio``. The one reader of files (``load_audio``, ``w2v stream``)."""
     path = Path(path)
     info = probe(path)
     try:
@@ -126,11 +177,19 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
-    if info.format in ("WAV", "WAVEX"):
-        _check_wav_complete(path)
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
-    return resample(to_mono(data), info.sample_rate, sample_rate)
+    check_samples(data, str(path))
+    return data, info.sample_rate
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``path`` to float32 mono at ``sample_rate``.
+
+    Raises AudioError for a missing, empty, non-audio, truncated or silent-by-corruption file,
+    one that is not a regular file, a sample rate outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE, or
+    samples that are not audio (NaN, Inf, far beyond full scale).
+    """
+    data, rate = read_audio(path)
+    return resample(to_mono(data), rate, sample_rate)
 
 
 def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block_frames: int = 1 << 18) -> Iterator[np.ndarray]:
@@ -144,8 +203,6 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block_frames:
     info = probe(path)
     if info.frames == 0:
         raise AudioError(f"{path}: contains no samples")
-    if info.format in ("WAV", "WAVEX"):
-        _check_wav_complete(path)
     resampler = None
     if info.sample_rate != sample_rate:
         if info.sample_rate <= 0:
@@ -156,8 +213,7 @@ def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block_frames:
             while True:
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 last = data.shape[0] < block_frames
-                if not np.isfinite(data).all():
-                    raise AudioError(f"{path}: contains non-finite samples (NaN or Inf)")
+                check_samples(data, str(path))
                 mono = to_mono(data)
                 out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
                 if len(out):
@@ -178,6 +234,5 @@ def validate_array(audio: np.ndarray, name: str = "audio") -> np.ndarray:
     audio = to_mono(audio.astype(np.float32, copy=False))
     if audio.size == 0:
         raise AudioError(f"{name}: contains no samples")
-    if not np.isfinite(audio).all():
-        raise AudioError(f"{name}: contains non-finite samples (NaN or Inf)")
+    check_samples(audio, name)
     return audio

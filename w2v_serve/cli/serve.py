@@ -247,12 +247,9 @@ async def _serve(server: RecognitionServer, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- w2v stream
 def cmd_stream(args: argparse.Namespace) -> int:
-    import soundfile as sf
-
+    from w2v_serve.audio import AudioError
     from w2v_serve.service.client import RecognizerClient, RecognizerError
 
-    if not Path(args.file).is_file():
-        raise CommandError(f"{args.file}: no such file")
     if args.chunk_ms < 10:
         raise CommandError("--chunk-ms must be at least 10")
     token = args.token or os.environ.get(AUTH_TOKEN_ENV) or None
@@ -271,11 +268,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
             elif live:   # a partial: rewrite the current line
                 sys.stdout.write("\r\x1b[K" + r["text"])
                 sys.stdout.flush()
-    except (sf.LibsndfileError, RuntimeError) as e:
-        if isinstance(e, RecognizerError):
-            print(f"w2v stream: error: {e}", file=sys.stderr)
-            return 1
-        raise CommandError(f"{args.file}: cannot read audio ({e})") from e
+    except AudioError as e:
+        raise CommandError(str(e)) from None
+    except RecognizerError as e:
+        print(f"w2v stream: error: {e}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     return 0

@@ -21,10 +21,10 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import grpc
 import numpy as np
-import soundfile as sf
 
 from w2v_serve.service.proto import w2v_pb2 as pb
 from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
+from w2v_serve.audio import read_audio
 from w2v_serve.service.auth import bearer_metadata
 
 _METHODS = {None: pb.DECODER_UNSPECIFIED, "greedy": pb.GREEDY, "beam": pb.BEAM}
@@ -101,7 +101,9 @@ class RecognizerClient:
         return self.stream(paced(chunks, chunk_ms / 1000) if realtime else chunks, config, interim_results=interim)
 
     def stream_file(self, path: str | Path, **kwargs) -> Iterator[dict]:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        """A file read by the project's one audio reader (``audio.read_audio``: AudioError for a
+        file it refuses, before anything is sent) and streamed at its own rate and channels."""
+        data, rate = read_audio(path)
         if data.shape[1] == 1:
             data = data[:, 0]
         return self.stream_audio(data, rate, **kwargs)
@@ -121,7 +123,7 @@ class RecognizerClient:
                            "confidence": round(w.confidence, 4)} for w in r.words]}
 
     def recognize_file(self, path: str | Path, **kwargs) -> dict:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = read_audio(path)
         return self.recognize(data[:, 0] if data.shape[1] == 1 else data, rate, **kwargs)
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import soxr
 
-from w2v_serve.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE, sample_rate_problem  # noqa: F401 (re-exported)
+from w2v_serve.audio import MAX_PEAK, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_RATE, sample_rate_problem  # noqa: F401 (re-exported)
 
 LINEAR16 = "LINEAR16"
 FLOAT32 = "FLOAT32"
@@ -71,6 +71,9 @@ class ChunkDecoder:
             audio = samples.astype(np.float32)
             if not np.isfinite(audio).all():
                 raise ChunkError("FLOAT32 chunk contains non-finite samples (NaN or Inf)")
+            if audio.size and float(np.abs(audio).max()) > MAX_PEAK:
+                raise ChunkError(f"FLOAT32 chunk has samples beyond {MAX_PEAK:g} times full scale "
+                                 "(audio is in [-1, 1])")
         if fmt.channels > 1:
             audio = audio.reshape(-1, fmt.channels).mean(axis=1, dtype=np.float32)
         if self._resampler is not None:
