@@ -177,3 +177,29 @@ def test_triton_backend_without_weights_says_so(tmp_path):
     out = subprocess.run([sys.executable, "-m", "w2v_serve.cli", "serve", "--backend", "triton", "--repository",
                           str(empty), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no model in acoustic/1/" in out.stderr and "w2v export" in out.stderr
+
+
+def test_riva_api_through_triton_equals_offline(tritons):
+    """Riva's API over the Triton backend: riva.client's offline and streaming requests with a
+    WAV file sent whole (header first) give offline recognition's transcript."""
+    riva_client = pytest.importorskip("riva.client")
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    pcm = np.round(AUDIO * 32767).astype(np.int16)
+    expected = Transcriber(tiny_model_dir("attention")).transcribe(pcm / 32768.0, sample_rate=16000).text
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format="WAV", subtype="PCM_16")
+    wav = buf.getvalue()
+    with ThreadedServer(_backend([tritons[0].grpc_url])) as srv:
+        asr = riva_client.ASRService(riva_client.Auth(uri=srv.address))
+        config = riva_client.RecognitionConfig(max_alternatives=1, verbatim_transcripts=True,
+                                               enable_word_time_offsets=True)
+        response = asr.offline_recognize(wav, config)
+        assert expected and response.results[0].alternatives[0].transcript == expected + " "
+        streaming = riva_client.StreamingRecognitionConfig(config=config, interim_results=True)
+        chunks = [wav[i:i + 6400] for i in range(0, len(wav), 6400)]
+        results = [r for resp in asr.streaming_response_generator(chunks, streaming) for r in resp.results]
+        assert "".join(r.alternatives[0].transcript for r in results if r.is_final) == expected + " "
