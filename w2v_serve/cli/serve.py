@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from w2v_serve.cli import CommandError, handler
-from w2v_serve.cli.stream import AUTH_TOKEN_ENV
 from w2v_serve.cli.options import add_decoder_flags, add_runtime_flag, decoder_options
 from w2v_serve.model_dir import default_model_dir
 from w2v_serve.streaming import StreamingConfig
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from w2v_serve.service.server import RecognitionServer
 
 _DEFAULT_WINDOW = StreamingConfig()
+AUTH_TOKEN_ENV = "W2V_AUTH_TOKEN"     # the bearer token of `w2v serve` and `w2v stream` when no flag gives one
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from w2v_serve.cli import CommandError, handler
-
-AUTH_TOKEN_ENV = "W2V_AUTH_TOKEN"     # the bearer token of `w2v serve` and `w2v stream` when no flag gives one
+from w2v_serve.cli.serve import AUTH_TOKEN_ENV
 PROTOCOLS = ("w2v", "riva")
 
 
