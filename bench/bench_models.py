@@ -1,5 +1,9 @@
 """Memory per served model: the resident set size (RSS) one model adds to ``w2v serve``.
 
+Figures per model (``models.NAME.``): ``loaded_mib``, ``after_recognize_mib``,
+``after_stream_mib``, ``after_unload_mib`` (RSS above ``rss_before_mib``, the process after the
+service's imports), ``disk_mib`` (the model directory), ``runtime`` and ``precision``.
+
 Each model is measured in a fresh process (the embedded backend, ONNX Runtime or the runtime
 ``auto`` picks): RSS after the service's imports, after the model loads (its streaming sessions:
 what a registry load costs), after its first Recognize (the offline Engine and the decoder, with
@@ -65,10 +69,10 @@ def measure(model_dir: str) -> dict:
     asyncio.run(run())
     registry.unload_idle(now=1e12)
     steps["after_unload"] = _rss_mib()
-    base = steps["imports"]
-    return {"rss_mib": {k: round(v, 1) for k, v in steps.items()},
-            "added_mib": {k: round(v - base, 1) for k, v in steps.items() if k != "imports"},
-            "model_bytes_on_disk": sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file()),
+    base = steps.pop("imports")
+    return {"rss_before_mib": round(base, 1),
+            **{f"{k}_mib": round(v - base, 1) for k, v in steps.items()},
+            "disk_mib": round(sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file()) / 2**20, 1),
             **steps_runtime}
 
 
@@ -82,8 +86,6 @@ def _in_fresh_process(model_dir: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    import onnxruntime
-
     from w2v_serve.model_dir import default_model_dir
 
     argv = list(argv or [])
@@ -94,17 +96,7 @@ def main(argv=None) -> dict:
 
             models["base_random"] = export_ours(Path(tmp) / "base")
         results = {name: _in_fresh_process(path) for name, path in models.items()}
-    try:
-        import openvino
-        openvino_version = openvino.__version__
-    except ImportError:
-        openvino_version = None
-    return {"load_avg": [round(x, 2) for x in os.getloadavg()], "onnxruntime": onnxruntime.__version__,
-            "openvino": openvino_version,
-            "audio_seconds": AUDIO_SECONDS, "models": results,
-            "note": "RSS deltas from the service's imports; 'loaded' is a registry load (streaming sessions), "
-                    "'after_recognize' adds the offline Engine and decoder, 'after_unload' what stays after "
-                    "the registry unloads the model"}
+    return {"audio_seconds": AUDIO_SECONDS, "models": results}
 
 
 if __name__ == "__main__":
