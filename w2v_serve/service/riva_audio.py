@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from w2v_serve.service.pcm import MAX_CHANNELS, MAX_SAMPLE_RATE, ChunkError
+from w2v_serve.audio import sample_rate_problem
+from w2v_serve.service.pcm import MAX_CHANNELS, ChunkError
 
 # Riva's nvidia.riva.AudioEncoding numbers (riva_audio.proto).
 ENCODING_UNSPECIFIED, LINEAR_PCM, FLAC, MULAW, OGGOPUS, ALAW = 0, 1, 2, 3, 4, 20
@@ -76,8 +77,9 @@ class PcmLayout:
 
 
 def _check_rate_channels(rate: int, channels: int) -> None:
-    if not 0 < rate <= MAX_SAMPLE_RATE:
-        raise ChunkError(f"sample rate must be in 1..{MAX_SAMPLE_RATE}, got {rate}")
+    problem = sample_rate_problem(rate)
+    if problem:
+        raise ChunkError(problem)
     if not 1 <= channels <= MAX_CHANNELS:
         raise ChunkError(f"audio_channel_count must be in 1..{MAX_CHANNELS}, got {channels}")
 
