@@ -117,3 +117,22 @@ def test_w2v_requests_pick_the_model(two_dirs):
         with pytest.raises(RecognizerError) as e:
             list(client.stream_audio(np.zeros(1600, np.float32), model="nope"))
         assert e.value.code.name == "INVALID_ARGUMENT"
+
+
+def test_export_writes_the_name_and_language_a_server_reads(tmp_path):
+    import torch
+
+    from tests.serve_helpers import TINY, VOCAB
+    from training.checkpoint import Checkpoint
+    from training.model import wav2vec2_small
+    from w2v_serve.cli import main as w2v
+
+    torch.manual_seed(0)
+    Checkpoint.from_model(wav2vec2_small(vocab_size=len(VOCAB), **TINY).eval(), VOCAB).save(tmp_path / "m.ckpt")
+    out = tmp_path / "exported"
+    assert w2v(["export", str(tmp_path / "m.ckpt"), "--out", str(out), "--no-check", "--name", "kiel",
+                "--language-code", "de-DE"]) == 0
+    [entry] = parse_model_specs([str(out)])
+    assert (entry.name, entry.language_code) == ("kiel", "de-DE")
+    assert w2v(["export", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "x"), "--no-check",
+                "--name", "no spaces"]) == 2
