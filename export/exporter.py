@@ -268,8 +268,21 @@ def _move_into(work: Path, out_dir: Path, card: ModelCard) -> None:
 
 # ---------------------------------------------------------------------------- CLI
 def cmd_export(args: argparse.Namespace) -> int:
+    name, language = getattr(args, "name", None), getattr(args, "language_code", None)
+    if name is not None:
+        from w2v_serve.service.models import NAME_PATTERN
+
+        if not NAME_PATTERN.fullmatch(name):
+            raise ExportError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     out = export_model(args.checkpoint, args.out, fp16=args.fp16, int8=args.int8,
                        check=not args.no_check, opset=args.opset)
+    if name or language:
+        from w2v_serve.model_dir import ModelDirectory
+
+        directory = ModelDirectory.load(out)
+        directory.card.name = name or directory.card.name
+        directory.card.language_code = language or directory.card.language_code
+        directory.write_card()
     _print_summary(out)
     if getattr(args, "repository", None):
         _write_repository(out, Path(args.repository))

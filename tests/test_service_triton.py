@@ -177,3 +177,52 @@ def test_triton_backend_without_weights_says_so(tmp_path):
     out = subprocess.run([sys.executable, "-m", "w2v_serve.cli", "serve", "--backend", "triton", "--repository",
                           str(empty), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no model in acoustic/1/" in out.stderr and "w2v export" in out.stderr
+
+
+def test_riva_api_through_triton_equals_offline(tritons):
+    """Riva's API over the Triton backend: riva.client's offline and streaming requests with a
+    WAV file sent whole (header first) give offline recognition's transcript."""
+    riva_client = pytest.importorskip("riva.client")
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    pcm = np.round(AUDIO * 32767).astype(np.int16)
+    expected = Transcriber(tiny_model_dir("attention")).transcribe(pcm / 32768.0, sample_rate=16000).text
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format="WAV", subtype="PCM_16")
+    wav = buf.getvalue()
+    with ThreadedServer(_backend([tritons[0].grpc_url])) as srv:
+        asr = riva_client.ASRService(riva_client.Auth(uri=srv.address))
+        config = riva_client.RecognitionConfig(max_alternatives=1, verbatim_transcripts=True,
+                                               enable_word_time_offsets=True)
+        response = asr.offline_recognize(wav, config)
+        assert expected and response.results[0].alternatives[0].transcript == expected + " "
+        streaming = riva_client.StreamingRecognitionConfig(config=config, interim_results=True)
+        chunks = [wav[i:i + 6400] for i in range(0, len(wav), 6400)]
+        results = [r for resp in asr.streaming_response_generator(chunks, streaming) for r in resp.results]
+        assert "".join(r.alternatives[0].transcript for r in results if r.is_final) == expected + " "
+
+
+def test_two_models_on_the_triton_backend_each_get_a_tritonserver(tmp_path):
+    """`w2v serve --backend triton --model a=DIR --model b=DIR2`: the default model's tritonserver
+    starts with the service, the other's on its first request; both are listed, each request is
+    answered by its own model, and stopping the service stops both."""
+    pytest.importorskip("riva.client")
+    from w2v_serve.service.client import RivaRecognizerClient
+
+    expected = {name: Transcriber(tiny_model_dir(kind)).transcribe(AUDIO, sample_rate=16000).text
+                for name, kind in (("a", "attention"), ("b", "local"))}
+    serve = _ServeProcess("--backend", "triton", "--model", f"a={tiny_model_dir('attention')}",
+                          "--model", f"b={tiny_model_dir('local')}",
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    with serve as address:
+        with RivaRecognizerClient(address) as riva, RecognizerClient(address) as client:
+            loaded = {m["model"]: m["loaded"] for m in riva.list_models() if m["type"] == "offline"}
+            assert loaded == {"a": "true", "b": "false"}
+            assert client.recognize(AUDIO, model="b")["text"] == expected["b"]
+            assert client.recognize(AUDIO)["text"] == expected["a"]
+            assert {m["model"]: m["loaded"] for m in riva.list_models() if m["type"] == "offline"}["b"] == "true"
+        assert serve.stop() == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("w2v-serve-repo")]

@@ -199,6 +199,19 @@ class CTCDecoder:
                                  self.options.hotwords if hotwords is None else tuple(hotwords),
                                  self.options.hotword_weight if hotword_weight is None else hotword_weight)
 
+    def decode_nbest(self, log_probs: np.ndarray, n: int, *, frame_offset: int = 0,
+                     hotwords: Optional[Iterable[str]] = None,
+                     hotword_weight: Optional[float] = None) -> list[Transcript]:
+        """Up to ``n`` hypotheses, best first, with distinct texts: the beam's final beams
+        (greedy decoding has one). The first is ``decode``'s."""
+        log_probs = self._check(log_probs)
+        if self._beam is None or n <= 1 or log_probs.shape[0] == 0:
+            return [self.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords,
+                                hotword_weight=hotword_weight)]
+        return self._beam_search(log_probs, frame_offset,
+                                 self.options.hotwords if hotwords is None else tuple(hotwords),
+                                 self.options.hotword_weight if hotword_weight is None else hotword_weight, n=n)
+
     # ------------------------------------------------------------------ greedy
     def _greedy(self, log_probs: np.ndarray, frame_offset: int) -> Transcript:
         best = log_probs.argmax(axis=1)
@@ -232,14 +245,27 @@ class CTCDecoder:
 
     # ------------------------------------------------------------------ beam
     def _beam_search(self, log_probs: np.ndarray, frame_offset: int, hotwords: tuple[str, ...],
-                     hotword_weight: float) -> Transcript:
+                     hotword_weight: float, n: Optional[int] = None):
+        """The best beam's Transcript; with ``n``, a list of the best ``n`` with distinct texts."""
         keep = self._beam_frames(log_probs)
         beams = self._beam.decode_beams(
             log_probs[keep], beam_width=self.options.beam_width, beam_prune_logp=self.options.beam_prune_logp,
             token_min_logp=self.options.token_min_logp, hotwords=list(hotwords) or None,
             hotword_weight=hotword_weight,
         )
-        _text, _lm_state, word_frames, _logit_score, combined = beams[0]
+        if n is None:
+            return self._beam_transcript(beams[0], keep, log_probs, frame_offset)
+        out: list[Transcript] = []
+        for beam in beams:
+            t = self._beam_transcript(beam, keep, log_probs, frame_offset)
+            if all(t.text != o.text for o in out):
+                out.append(t)
+            if len(out) == n:
+                break
+        return out
+
+    def _beam_transcript(self, beam, keep: np.ndarray, log_probs: np.ndarray, frame_offset: int) -> Transcript:
+        _text, _lm_state, word_frames, _logit_score, combined = beam
         clipped = np.maximum(log_probs, _MIN_LOGP)
         words = []
         for label_word, (start, end) in word_frames:

@@ -54,6 +54,8 @@ class ModelDirError(ValueError):
 
 @dataclass
 class ModelCard:
+    name: str = ""                          # what a server calls it (default: the directory's name)
+    language_code: str = ""                 # BCP-47, e.g. "en-US" (a server assumes en-US when empty)
     sample_rate: int = 16000
     frame_stride: int = 320                 # samples per output frame (20 ms)
     receptive_field: int = 400              # samples seen by one frame of the conv encoder

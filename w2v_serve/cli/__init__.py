@@ -45,8 +45,8 @@ def handler(path: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here: each module's parsers need only argparse and this package.
-    from w2v_serve.cli import (checkpoints, codes, data, evaluate, export, lm, precision, serve, train, transcribe, triton,
-                               wav2vec_u)
+    from w2v_serve.cli import (checkpoints, codes, data, evaluate, export, lm, precision, serve, stream, train,
+                               transcribe, triton, wav2vec_u)
 
     parser = argparse.ArgumentParser(
         prog="w2v",
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"w2v {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (transcribe, evaluate, precision, serve, triton, lm, export, checkpoints, train, data, codes, wav2vec_u):
+    for module in (transcribe, evaluate, precision, serve, stream, triton, lm, export, checkpoints, train, data, codes,
+                   wav2vec_u):
         module.add_parsers(sub)
     return parser
 

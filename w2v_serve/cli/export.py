@@ -23,6 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="skip the export-time checks (ONNX checker, TensorRT ops, parity with PyTorch)")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, >= 17 (default 17)")
+    p.add_argument("--name", metavar="NAME",
+                   help="the model's name in its card: what `w2v serve` serves it as (default: the directory's name)")
+    p.add_argument("--language-code", metavar="CODE",
+                   help="the model's language in its card, BCP-47 such as en-US (`w2v serve` assumes en-US)")
     p.add_argument("--repository", metavar="DIR",
                    help="also write a Triton model repository for this model directory")
     p.set_defaults(func=handler("export.exporter:cmd_export"))

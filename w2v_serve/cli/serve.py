@@ -1,4 +1,4 @@
-"""``w2v serve`` (the gRPC streaming recognition service) and ``w2v stream`` (its client on a file).
+"""``w2v serve``: the gRPC streaming recognition service (w2v.v1.Recognizer and Riva's API).
 
 Parsers need only argparse; the handlers import grpc, the service and the model code when their
 command runs.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -31,14 +30,27 @@ AUTH_TOKEN_ENV = "W2V_AUTH_TOKEN"     # the bearer token of `w2v serve` and `w2v
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_serve(sub)
-    _add_stream(sub)
 
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the gRPC streaming recognition service",
-                       description="Serve w2v.v1.Recognizer (StreamingRecognize, Recognize) over gRPC, with "
-                                   "health checking, reflection and Prometheus metrics.")
-    p.add_argument("--model", metavar="DIR", help="model directory (w2v export); default: the bundled model")
+                       description="Serve w2v.v1.Recognizer (StreamingRecognize, Recognize) and NVIDIA Riva's "
+                                   "nvidia.riva.asr.RivaSpeechRecognition (Recognize, StreamingRecognize, "
+                                   "GetRivaSpeechRecognitionConfig) on one gRPC port, with health checking, "
+                                   "reflection and Prometheus metrics. Several models may be served; a request "
+                                   "picks one by name (or, on the Riva API, by language code).")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a model to serve (repeatable): NAME=DIR, or a model directory (w2v export) named by its "
+                        "card (else by the directory's name), or a folder of model directories; "
+                        "default: the bundled model")
+    p.add_argument("--default-model", metavar="NAME",
+                   help="the model of requests that name none (default: the first --model)")
+    p.add_argument("--model-idle-unload", type=float, default=600.0, metavar="S",
+                   help="unload a model other than the default after S seconds unused (default 600; 0: never). "
+                        "The default model loads at start; the others load on first use")
+    p.add_argument("--no-riva", action="store_true",
+                   help="serve only w2v.v1.Recognizer (by default Riva's API is served too when nvidia-riva-client "
+                        "is installed: pip install 'w2v[riva]')")
     p.add_argument("--backend", choices=("embedded", "triton"), default="embedded",
                    help="embedded: ONNX Runtime in this process (default); triton: forward to Triton servers")
     add_runtime_flag(p)
@@ -87,26 +99,6 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=handler("w2v_serve.cli.serve:cmd_serve"))
 
 
-def _add_stream(sub) -> None:
-    p = sub.add_parser("stream", help="stream an audio file to a w2v serve service, print partial and final results")
-    p.add_argument("file", metavar="FILE", help="audio file (WAV/FLAC/OGG, any rate and channel count)")
-    p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
-    p.add_argument("--realtime", action="store_true", help="send audio at the speed it plays")
-    p.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default 100)")
-    p.add_argument("--format", choices=("text", "jsonl"), default="text",
-                   help="text: partials overwrite one line on a terminal, finals one line each; "
-                        "jsonl: one object per result")
-    p.add_argument("--no-partials", action="store_true", help="ask for final results only")
-    p.add_argument("--hotword", action="append", default=[], metavar="WORD")
-    p.add_argument("--decoder", choices=("greedy", "beam"), help="default: the server's")
-    p.add_argument("--beam-width", type=int, default=0)
-    p.add_argument("--token", metavar="TOKEN", help="bearer token (default: $W2V_AUTH_TOKEN)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (system roots, or --tls-ca)")
-    p.add_argument("--tls-ca", metavar="PEM", help="CA certificate to trust (implies --tls)")
-    p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
-    p.set_defaults(func=handler("w2v_serve.cli.serve:cmd_stream"))
-
-
 # ---------------------------------------------------------------------------- w2v serve
 log = logging.getLogger("w2v.serve")
 NO_MODEL = ("no --model given and this installation has no bundled default model; "
@@ -119,28 +111,51 @@ def window_config(args: argparse.Namespace) -> StreamingConfig:
                            max_segment_s=args.max_segment_s)
 
 
-def _model(args: argparse.Namespace):
-    """--model, else the bundled default model (both backends)."""
-    model = args.model or default_model_dir()
-    if model is None:
-        raise CommandError(NO_MODEL)
-    return model
+def model_entries(args: argparse.Namespace):
+    """The served models: the --model values, else the bundled default model."""
+    from w2v_serve.service.models import ModelEntry, ModelSpecError, parse_model_specs
+
+    try:
+        if args.model:
+            return parse_model_specs(args.model)
+        model = default_model_dir()
+        if model is None:
+            raise CommandError(NO_MODEL)
+        return [ModelEntry.from_directory(model)]
+    except (ModelSpecError, ValueError) as e:
+        raise CommandError(str(e)) from e
 
 
-def build_backend(args: argparse.Namespace, on_servers_up=None):
+def build_registry(args: argparse.Namespace, on_servers_up=None):
+    """The ModelRegistry of the --model flags on --backend (nothing is loaded yet)."""
+    from w2v_serve.service.models import ModelRegistry, ModelSpecError
+
+    entries = model_entries(args)
+    if args.backend == "embedded" and args.triton_url:
+        raise CommandError("--triton-url needs --backend triton")
+    if args.backend == "triton" and len(entries) > 1 and (args.triton_url or args.repository):
+        raise CommandError("several models on --backend triton need a local tritonserver each: "
+                           "leave out --triton-url and --repository")
+    try:
+        return ModelRegistry(entries, lambda entry: build_backend(args, entry.path, on_servers_up),
+                             default=args.default_model, idle_unload_s=args.model_idle_unload, kind=args.backend)
+    except ModelSpecError as e:
+        raise CommandError(str(e)) from e
+
+
+def build_backend(args: argparse.Namespace, model, on_servers_up=None):
+    """One model's backend: ONNX Runtime in process, or Triton (the given servers, else a local
+    tritonserver of its own)."""
     window = window_config(args)
     if args.backend == "embedded":
-        if args.triton_url:
-            raise CommandError("--triton-url needs --backend triton")
         from w2v_serve.service.backends.embedded import EmbeddedBackend
 
-        model = _model(args)
         return EmbeddedBackend(model, window, decoder_options(args, model), runtime=args.runtime)
     from w2v_serve.service.backends.triton import TritonBackend
 
     urls, local = list(args.triton_url), None
     if not urls:
-        local = _start_local_triton(args, window)
+        local = _start_local_triton(args, window, model)
         urls = [local.grpc_url]
     try:
         return TritonBackend(urls, max_streams=args.max_streams, check_interval_s=args.triton_check_interval,
@@ -151,7 +166,7 @@ def build_backend(args: argparse.Namespace, on_servers_up=None):
         raise
 
 
-def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
+def _start_local_triton(args: argparse.Namespace, window: StreamingConfig, model):
     """A tritonserver of our own on --repository, else on a scratch repository written from the
     model (--model or the bundled one) with this window, removed when the server stops."""
     from w2v_serve.triton.launcher import TritonError, TritonServer, free_port, scratch_repository
@@ -160,7 +175,6 @@ def _start_local_triton(args: argparse.Namespace, window: StreamingConfig):
     if scratch:
         from w2v_serve.triton.repository import write_repository
 
-        model = _model(args)
         repository = scratch_repository()
     try:
         if scratch:
@@ -204,13 +218,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"limits: {e}") from None
     tls = _tls(args)
     token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or None
+    if args.model_idle_unload < 0:
+        raise CommandError("--model-idle-unload must be 0 (never) or positive")
     gauge = {}
-    backend = build_backend(args, on_servers_up=lambda n: gauge["up"].set(n) if "up" in gauge else None)
-    server = RecognitionServer(backend, host=args.host, port=args.port, limits=limits, auth_token=token, tls=tls,
-                               metrics_port=args.metrics_port, grace_period_s=args.grace_period)
+
+    def servers_up(_n: int) -> None:   # Triton servers in rotation, over every loaded model
+        if "up" in gauge:
+            gauge["up"].set(sum(b.pool.up_count for b in registry.loaded() if hasattr(b, "pool")))
+
+    registry = build_registry(args, on_servers_up=servers_up)
+    riva = False if args.no_riva else None
+    if riva is None:
+        from w2v_serve.service import riva as riva_api
+
+        if not riva_api.available():
+            log.warning("Riva's API is off: %s", riva_api.MISSING)
+    server = RecognitionServer(registry, host=args.host, port=args.port, limits=limits, auth_token=token, tls=tls,
+                               metrics_port=args.metrics_port, grace_period_s=args.grace_period, riva=riva)
     gauge["up"] = server.metrics.backend_servers_up
-    if hasattr(backend, "pool"):
-        server.metrics.backend_servers_up.set(backend.pool.up_count)
     try:
         return asyncio.run(_serve(server, args))
     finally:
@@ -220,7 +245,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _serve(server: RecognitionServer, args: argparse.Namespace) -> int:
     try:
         port = await server.start()
-    except OSError as e:
+    except (OSError, ValueError) as e:
+        if not isinstance(e, OSError):
+            raise CommandError(f"cannot load model {server.models.default_name}: {e}") from e
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {e}") from e
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
@@ -239,40 +266,12 @@ async def _serve(server: RecognitionServer, args: argparse.Namespace) -> int:
     metrics = f", metrics http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     auth = ", bearer-token auth" if server.auth_token else ""
     tls = ", TLS" if server.tls else ""
-    log.info("listening on %s:%d (backend %s%s%s%s)", args.host, port, server.backend.name, metrics, auth, tls)
+    up = [b.pool.up_count for b in server.models.loaded() if hasattr(b, "pool")]
+    if up:
+        server.metrics.backend_servers_up.set(sum(up))
+    riva = ", Riva API" if server.riva is not None else ""
+    log.info("listening on %s:%d (backend %s, models %s; default %s%s%s%s%s)", args.host, port, server.models.kind,
+             server.models.served(), server.models.default_name, riva, metrics, auth, tls)
     await server.wait()
     log.info("stopped")
-    return 0
-
-
-# ---------------------------------------------------------------------------- w2v stream
-def cmd_stream(args: argparse.Namespace) -> int:
-    from w2v_serve.audio import AudioError
-    from w2v_serve.service.client import RecognizerClient, RecognizerError
-
-    if args.chunk_ms < 10:
-        raise CommandError("--chunk-ms must be at least 10")
-    token = args.token or os.environ.get(AUTH_TOKEN_ENV) or None
-    live = args.format == "text" and sys.stdout.isatty()
-    client = RecognizerClient(args.server, token=token, tls=args.tls, tls_ca=args.tls_ca, timeout_s=args.timeout)
-    try:
-        results = client.stream_file(args.file, chunk_ms=args.chunk_ms, realtime=args.realtime,
-                                     interim_results=not args.no_partials, hotwords=args.hotword,
-                                     decoder=args.decoder, beam_width=args.beam_width)
-        for r in results:
-            if args.format == "jsonl":
-                print(json.dumps(r), flush=True)
-            elif r["is_final"]:
-                if r["text"]:
-                    print(("\r\x1b[K" if live else "") + r["text"], flush=True)
-            elif live:   # a partial: rewrite the current line
-                sys.stdout.write("\r\x1b[K" + r["text"])
-                sys.stdout.flush()
-    except AudioError as e:
-        raise CommandError(str(e)) from None
-    except RecognizerError as e:
-        print(f"w2v stream: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        client.close()
     return 0

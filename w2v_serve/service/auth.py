@@ -1,7 +1,7 @@
 """Bearer-token authentication for the gRPC service (``authorization: Bearer TOKEN`` metadata).
 
-Health checks and reflection stay open: load balancers and tools probe them without secrets,
-and they reveal nothing that the published .proto does not.
+Health checks, reflection and Riva's model list stay open: load balancers and tools probe them
+without secrets, and they reveal nothing beyond the published .proto files and the model names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from typing import Callable, Optional
 
 import grpc
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Riva's model list is open too: NVIDIA's scripts ask for it (--list-models) without their metadata,
+# and it names only the served models and their languages.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.",
+                 "/nvidia.riva.asr.RivaSpeechRecognition/GetRivaSpeechRecognitionConfig")
 
 
 def bearer_metadata(token: Optional[str]) -> tuple:

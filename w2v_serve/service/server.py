@@ -20,14 +20,16 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Optional, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from typing import Optional, Sequence, Union
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from w2v_serve.decoding import Word
+from w2v_serve.audio import resample
+from w2v_serve.decoding import Transcript, Word
 from w2v_serve.hotwords import hotwords_problem
 from w2v_serve.process import release_memory
 from w2v_serve.service.auth import BearerTokenInterceptor
@@ -39,13 +41,14 @@ from w2v_serve.service.proto import w2v_pb2 as pb
 from w2v_serve.service.proto import w2v_pb2_grpc as pb_grpc
 from w2v_serve.service.errors import ServiceError, invalid_argument, unavailable
 from w2v_serve.service.metrics import ServiceMetrics
+from w2v_serve.service.models import ModelRegistry
 from w2v_serve.streaming import StreamResult
 
 log = logging.getLogger("w2v.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
 _POLL_S = 0.25            # how often a waiting stream checks its idle time and its backend
 _HEALTH_POLL_S = 0.5      # how often health checking asks the backend whether it can recognize
-_MAX_BEAM_WIDTH = 1024
+_MAX_BEAM_WIDTH, _MAX_ALTERNATIVES = 1024, 32
 _METHODS = {pb.DECODER_UNSPECIFIED: None, pb.GREEDY: "greedy", pb.BEAM: "beam"}
 
 
@@ -67,13 +70,29 @@ def parse_config(config: pb.RecognitionConfig) -> tuple[AudioFormat, StreamOptio
     if problem := hotwords_problem(config.hotwords):     # before any work on them
         raise invalid_argument(problem)
     hotwords = tuple(h.strip() for h in config.hotwords if h.strip())
-    return fmt, StreamOptions(hotwords=hotwords, method=_METHODS[config.decoder.method],
-                              beam_width=config.decoder.beam_width)
+    d = config.decoder
+    for knob in ("alpha", "beta"):
+        if d.HasField(knob) and not -100.0 <= getattr(d, knob) <= 100.0:
+            raise invalid_argument(f"decoder.{knob} must be in -100..100")
+    if config.endpoint_ms and not 20 <= config.endpoint_ms <= 10_000:
+        raise invalid_argument("endpoint_ms must be in 20..10000 (0: the server's)")
+    if not 0 <= config.max_alternatives <= _MAX_ALTERNATIVES:
+        raise invalid_argument(f"max_alternatives must be in 0..{_MAX_ALTERNATIVES}")
+    return fmt, StreamOptions(hotwords=hotwords, method=_METHODS[d.method], beam_width=d.beam_width,
+                              alternatives=max(1, config.max_alternatives),
+                              alpha=d.alpha if d.HasField("alpha") else None,
+                              beta=d.beta if d.HasField("beta") else None,
+                              endpoint_ms=config.endpoint_ms or None)
 
 
 def _words(words: Sequence[Word]) -> list[pb.WordInfo]:
     return [pb.WordInfo(word=w.word, start_s=round(w.start_s, 3), end_s=round(w.end_s, 3),
                         confidence=round(w.confidence, 4)) for w in words]
+
+
+def _alternative(t: Transcript) -> pb.Alternative:
+    confidence = sum(w.confidence for w in t.words) / len(t.words) if t.words else 0.0
+    return pb.Alternative(transcript=t.text, words=_words(t.words), confidence=round(confidence, 4))
 
 
 def _result(r: StreamResult) -> pb.StreamingRecognitionResult:
@@ -91,8 +110,8 @@ class _ClientGone(Exception):
 
 
 class RecognizerService(pb_grpc.RecognizerServicer):
-    def __init__(self, backend: Backend, limits: ServiceLimits, metrics: ServiceMetrics) -> None:
-        self.backend, self.limits, self.metrics = backend, limits, metrics
+    def __init__(self, models: ModelRegistry, limits: ServiceLimits, metrics: ServiceMetrics) -> None:
+        self.models, self.limits, self.metrics = models, limits, metrics
         self.open_streams = 0
         self.draining = False
         self._none_open: Optional[asyncio.Event] = None
@@ -136,6 +155,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
         context.add_done_callback(lambda ctx: handler.cancel() if ctx.cancelled() and not handler.done() else None)
         stream = None
         guard = StreamGuard(self.limits)    # budgets, and the idle clock: the client's silence only
+        leases = AsyncExitStack()
         try:
             async def next_request():
                 guard.begin_wait()
@@ -160,10 +180,11 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             if not first.HasField("streaming_config"):
                 raise invalid_argument("the first request must carry streaming_config (audio came before the config)")
             fmt, options = parse_config(first.streaming_config.config)
-            options = StreamOptions(first.streaming_config.interim_results, options.hotwords, options.method,
-                                    options.beam_width)
-            stream = await self.backend.open_stream(options)
-            feed = AudioFeed(stream, fmt, self.backend.sample_rate, guard)
+            options = replace(options, interim_results=first.streaming_config.interim_results)
+            name = self.models.resolve(first.streaming_config.config.model or None)
+            backend = await leases.enter_async_context(self.models.lease(name))
+            stream = await backend.open_stream(options)
+            feed = AudioFeed(stream, fmt, backend.sample_rate, guard)
             while True:
                 request, arrived = await next_request()
                 if request is _EOF:
@@ -180,6 +201,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             reader.cancel()
             if stream is not None:
                 stream.close()       # not awaited: nothing may interrupt the bookkeeping below
+            await leases.aclose()    # releases the model (no await inside: cancellation-safe)
             self.open_streams -= 1
             self.metrics.streams_open.dec()
             if self.open_streams == 0:
@@ -196,7 +218,8 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             await requests.put(_ClientGone() if context.cancelled() else (_EOF, time.monotonic()))
         except asyncio.CancelledError:
             raise
-        except ServiceError as e:  # a malformed message (malformed.py): the client's error, as it is
+        except ServiceError as e:  # a malformed message (malformed.py), or one a front-end's translation
+            # of its requests (riva.py) refused: the client's error, as it is
             await requests.put(e)
         except Exception as e:   # the call broke: the handler sees it on its next take
             await requests.put(_ClientGone() if context.cancelled() else unavailable(f"reading the stream failed: {e}"))
@@ -224,17 +247,27 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             if not request.audio_content:
                 raise invalid_argument("audio_content is empty")
             check_recording(fmt, len(request.audio_content), self.limits)
-            decoder = ChunkDecoder(fmt, self.backend.sample_rate)
-            audio = np.concatenate([decoder.decode(request.audio_content), decoder.finish()])
-            self.metrics.audio_seconds.labels(rpc="recognize").inc(fmt.seconds(len(request.audio_content)))
-            result = await self.backend.recognize(audio, options)
+            name = self.models.resolve(request.config.model or None)
+            async with self.models.lease(name) as backend:
+                # Decoded and downmixed, then resampled in one piece as `w2v transcribe` reads a file.
+                audio = resample(ChunkDecoder(fmt, fmt.sample_rate).decode(request.audio_content),
+                                 fmt.sample_rate, backend.sample_rate)
+                self.metrics.audio_seconds.labels(rpc="recognize").inc(fmt.seconds(len(request.audio_content)))
+                alternatives = None
+                if options.alternatives > 1 and hasattr(backend, "recognize_nbest"):
+                    result, alternatives = await backend.recognize_nbest(audio, options)
+                else:
+                    result = await backend.recognize(audio, options)
         except (ServiceError, ChunkError) as e:
             error = e if isinstance(e, ServiceError) else invalid_argument(str(e))
             self.metrics.error(error.code)
             await context.abort(error.code, error.message)
         self.metrics.recognize_latency.observe(time.monotonic() - start)
+        if alternatives is None:
+            alternatives = [Transcript(result.text, tuple(result.words))]
         return pb.RecognizeResponse(transcript=result.text, words=_words(result.words),
-                                    duration_s=round(result.duration_s, 3))
+                                    duration_s=round(result.duration_s, 3),
+                                    alternatives=[_alternative(a) for a in alternatives])
 
     # -------------------------------------------------------------- shutdown
     async def wait_until_none_open(self, timeout_s: float) -> bool:
@@ -262,16 +295,28 @@ def stream_check(stream) -> None:
 class RecognitionServer:
     """The gRPC server with the recognizer, health checking, reflection, auth and metrics."""
 
-    def __init__(self, backend: Backend, *, host: str = "127.0.0.1", port: int = 0, limits: ServiceLimits = ServiceLimits(),
-                 auth_token: Optional[str] = None, tls: Optional[tuple[bytes, bytes]] = None,
-                 metrics_port: Optional[int] = None, grace_period_s: float = 30.0) -> None:
-        self.backend, self.host, self.requested_port = backend, host, port
+    def __init__(self, models: Union[ModelRegistry, Backend], *, host: str = "127.0.0.1", port: int = 0,
+                 limits: ServiceLimits = ServiceLimits(), auth_token: Optional[str] = None,
+                 tls: Optional[tuple[bytes, bytes]] = None, metrics_port: Optional[int] = None,
+                 grace_period_s: float = 30.0, riva: Optional[bool] = None) -> None:
+        """models: the served models (a single Backend is served as the model "default").
+        riva: also answer nvidia.riva.asr.RivaSpeechRecognition (None: when nvidia-riva-client
+        is installed)."""
+        if not isinstance(models, ModelRegistry):
+            models = ModelRegistry.of_backend(models)
+        self.models, self.host, self.requested_port = models, host, port
         self.limits, self.auth_token, self.tls = limits, auth_token, tls
         self.metrics = ServiceMetrics()
-        self.metrics.backend_streams.set_function(lambda: backend.active_streams)
+        self.metrics.backend_streams.set_function(lambda: models.active_streams)
         self.metrics_port_requested = metrics_port
         self.grace_period_s = grace_period_s
-        self.service = RecognizerService(backend, limits, self.metrics)
+        self.service = RecognizerService(models, limits, self.metrics)
+        self.riva = None
+        if riva is None or riva:
+            from w2v_serve.service import riva as riva_api
+
+            if riva_api.available() or riva:
+                self.riva = riva_api.RivaASRService(self.service)
         self.health = health.aio.HealthServicer()
         self.port: Optional[int] = None
         self.metrics_port: Optional[int] = None
@@ -282,6 +327,12 @@ class RecognitionServer:
         # Health entries that follow the backend ("" is the server as a whole); front-ends that
         # add services on this server add their names.
         self.health_names: list[str] = ["", SERVICE_NAME]
+        self._unloader: Optional[asyncio.Task] = None
+
+    @property
+    def backend(self) -> Optional[Backend]:
+        """The default model's backend (loaded at start)."""
+        return self.models.backend(self.models.default_name)
 
     async def start(self) -> int:
         interceptors = []
@@ -294,10 +345,15 @@ class RecognitionServer:
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0)])
+        await asyncio.get_running_loop().run_in_executor(None, self.models.start)
         pb_grpc.add_RecognizerServicer_to_server(self.service, server)
+        services = [SERVICE_NAME]
+        if self.riva is not None:
+            services.append(self.riva.add_to_server(server))
+            self.health_names.append(services[-1])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+            (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         address = f"{self.host}:{self.requested_port}"
         if self.tls:
             cert, key = self.tls
@@ -308,10 +364,11 @@ class RecognitionServer:
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self._server = server
-        self._serving = self.backend.healthy()
+        self._serving = self.models.healthy()
         for name in self.health_names:
             await self.health.set(name, _health_status(self._serving))
         self._health_task = asyncio.ensure_future(self._watch_backend())
+        self._unloader = asyncio.ensure_future(self.models.unload_idle_forever())
         if self.metrics_port_requested is not None:
             self.metrics_port = self.metrics.serve_http(self.metrics_port_requested, self.host)
         return self.port
@@ -321,10 +378,10 @@ class RecognitionServer:
         answering, the local tritonserver restarting), SERVING again once it can."""
         while not self.service.draining:
             await asyncio.sleep(_HEALTH_POLL_S)
-            serving = bool(self.backend.healthy())
+            serving = bool(self.models.healthy())
             if serving != self._serving and not self.service.draining:
                 self._serving = serving
-                log.warning("backend %s: health %s", self.backend.name, "SERVING" if serving else "NOT_SERVING")
+                log.warning("backend %s: health %s", self.models.kind, "SERVING" if serving else "NOT_SERVING")
                 for name in self.health_names:
                     await self.health.set(name, _health_status(serving))
 
@@ -336,8 +393,9 @@ class RecognitionServer:
 
     async def _drain(self) -> None:
         self.service.draining = True
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._unloader):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()     # every service NOT_SERVING
         open_now = self.service.open_streams
         if open_now:
@@ -352,14 +410,14 @@ class RecognitionServer:
 
     def close(self) -> None:
         self.metrics.close()
-        self.backend.close()
+        self.models.close()
 
 
 class ThreadedServer:
     """A RecognitionServer on an event loop of its own thread (tests, benchmarks, embedding)."""
 
-    def __init__(self, backend, **kwargs) -> None:
-        self.server = RecognitionServer(backend, **kwargs)
+    def __init__(self, models, **kwargs) -> None:
+        self.server = RecognitionServer(models, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="w2v-service", daemon=True)
         self._thread.start()

@@ -24,6 +24,10 @@ class StreamOptions:
     hotwords: tuple[str, ...] = ()
     method: Optional[str] = None     # "greedy" | "beam" | None (the server's default)
     beam_width: int = 0              # 0: the server's default
+    alpha: Optional[float] = None    # LM weight (None: the server's)
+    beta: Optional[float] = None     # word insertion bonus (None: the server's)
+    endpoint_ms: Optional[int] = None  # pause that ends a segment (None: the server's)
+    alternatives: int = 1            # Recognize: hypotheses wanted (backends with recognize_nbest)
 
 
 class BackendStream(Protocol):
@@ -46,6 +50,11 @@ class Backend(Protocol):
     async def open_stream(self, options: StreamOptions) -> BackendStream: ...
 
     async def recognize(self, audio: np.ndarray, options: StreamOptions) -> TranscriptionResult: ...
+
+    # Optional: a backend that can return several hypotheses also has
+    # async def recognize_nbest(audio, options) -> tuple[TranscriptionResult, list[Transcript]]
+    # (the result as ``recognize`` gives it, and up to ``options.alternatives`` hypotheses, the
+    # result's own first).
 
     @property
     def active_streams(self) -> int: ...

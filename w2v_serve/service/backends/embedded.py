@@ -15,12 +15,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import grpc
 import numpy as np
 
 from w2v_serve.service.backends import StreamOptions
-from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions, decoder_method
+from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions, Transcript, decoder_method
 from w2v_serve.service.backends.inference_worker import ComputeBudgetExceeded, InferenceWorker
 from w2v_serve.model_dir import ModelDirectory
 from w2v_serve.service.errors import ServiceError, compute_exhausted, invalid_argument
@@ -40,8 +41,11 @@ def resolve_decoder(default: DecoderOptions, options: StreamOptions) -> DecoderO
     try:
         method = decoder_method(options.method, options.hotwords, default=default.method)
         if method == GREEDY:
+            if options.alpha is not None or options.beta is not None:
+                raise DecoderError("LM weights (alpha, beta) need the beam decoder")
             return DecoderOptions(method=GREEDY, beam_width=width)
-        return replace(default, method=BEAM, beam_width=width, hotwords=())
+        weights = {k: v for k, v in (("alpha", options.alpha), ("beta", options.beta)) if v is not None}
+        return replace(default, method=BEAM, beam_width=width, hotwords=(), **weights)
     except DecoderError as e:
         raise invalid_argument(str(e)) from None
 
@@ -94,7 +98,7 @@ class EmbeddedBackend:
         self._ids = itertools.count(1)
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._recognizers: dict[DecoderOptions, StreamingRecognizer] = {}
+        self._recognizers: dict[tuple[DecoderOptions, StreamingConfig], StreamingRecognizer] = {}
         self._recognizer(decoder)   # load the sessions now: a bad model fails at start-up
         self._offline_thread = ThreadPoolExecutor(1, thread_name_prefix="w2v-recognize")
         self._transcribers: dict[DecoderOptions, object] = {}
@@ -105,21 +109,25 @@ class EmbeddedBackend:
             self._sessions[path] = open_streaming_session(path, runtime=self.runtime, precision=self.precision)
         return self._sessions[path]
 
-    def _recognizer(self, options: DecoderOptions) -> StreamingRecognizer:
+    def _recognizer(self, options: DecoderOptions, endpoint_ms: Optional[int] = None) -> StreamingRecognizer:
+        window = self.stream_config
+        if endpoint_ms and endpoint_ms != window.endpoint_ms:
+            window = replace(window, endpoint_ms=endpoint_ms)
+        key = (options, window)
         with self._lock:
-            rec = self._recognizers.get(options)
+            rec = self._recognizers.get(key)
             if rec is None:
                 if len(self._recognizers) >= MAX_DECODER_SETTINGS:
                     raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"this server builds at most {MAX_DECODER_SETTINGS} decoder settings; "
-                                       "use the default decoder or one already in use")
-                rec = StreamingRecognizer(self.model, self.stream_config, options, session_factory=self._session,
+                                       f"this server builds at most {MAX_DECODER_SETTINGS} decoder and "
+                                       "end-pointing settings per model; use the default or one already in use")
+                rec = StreamingRecognizer(self.model, window, options, session_factory=self._session,
                                           runtime=self.runtime, precision=self.precision)
-                self._recognizers[options] = rec
+                self._recognizers[key] = rec
             return rec
 
     async def open_stream(self, options: StreamOptions) -> EmbeddedStream:
-        rec = self._recognizer(resolve_decoder(self.decoder, options))
+        rec = self._recognizer(resolve_decoder(self.decoder, options), options.endpoint_ms)
         return EmbeddedStream(self, rec, options)
 
     async def recognize(self, audio: np.ndarray, options: StreamOptions) -> TranscriptionResult:
@@ -127,7 +135,16 @@ class EmbeddedBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._offline_thread, self._transcribe, audio, decoder, options.hotwords)
 
-    def _transcribe(self, audio: np.ndarray, decoder: DecoderOptions, hotwords: tuple[str, ...]) -> TranscriptionResult:
+    async def recognize_nbest(self, audio: np.ndarray, options: StreamOptions) -> tuple[TranscriptionResult, list]:
+        """``recognize``'s result, and up to ``options.alternatives`` hypotheses of the beam
+        (distinct texts, best first; the first is the result's)."""
+        decoder = resolve_decoder(self.decoder, options)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._offline_thread, self._transcribe, audio, decoder, options.hotwords,
+                                          options.alternatives)
+
+    def _transcribe(self, audio: np.ndarray, decoder: DecoderOptions, hotwords: tuple[str, ...],
+                    alternatives: int = 0):
         if self._engine is None:
             self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
         t = self._transcribers.get(decoder)
@@ -136,7 +153,13 @@ class EmbeddedBackend:
         result = t.transcribe(audio, sample_rate=self.sample_rate, hotwords=list(hotwords) or None)
         if result.error:
             raise invalid_argument(result.error)
-        return result
+        if not alternatives:
+            return result
+        best = Transcript(result.text, tuple(result.words))
+        if alternatives == 1 or decoder.method != BEAM:
+            return result, [best]
+        others = t.decoder.decode_nbest(self._engine.log_probs(audio), alternatives, hotwords=list(hotwords) or None)
+        return result, [best] + [o for o in others if o.text != best.text][:alternatives - 1]
 
     @property
     def active_streams(self) -> int:

@@ -203,14 +203,18 @@ class TritonBackend:
         self._offline: dict[str, TritonOfflineClient] = {}
 
     async def open_stream(self, options: StreamOptions) -> TritonBackendStream:
+        """End pointing is the repository's (``endpoint_ms`` of a request is not applied)."""
         if self.local_server is not None and not self.local_server.running:
             raise unavailable("the local tritonserver stopped and is being restarted; retry shortly")
-        if options.method or options.beam_width:
+        if options.method or options.beam_width or options.alpha is not None or options.beta is not None:
             raise invalid_argument("the triton backend decodes with the repository's streaming decoder; "
                                    "per-stream decoder settings are not supported (leave decoder unset)")
         return TritonBackendStream(self, self.pool.acquire(), options)
 
     async def recognize(self, audio: np.ndarray, options: StreamOptions) -> TranscriptionResult:
+        if options.alpha is not None or options.beta is not None:
+            raise invalid_argument("the triton backend's offline model decodes with the repository's LM weights; "
+                                   "per-request alpha and beta are not supported")
         server = self.pool.acquire()
         loop = asyncio.get_running_loop()
 

@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!w2v_serve/service/proto/w2v.proto\x12\x06w2v.v1\"J\n\rDecoderConfig\x12%\n\x06method\x18\x01 \x01(\x0e\x32\x15.w2v.v1.DecoderMethod\x12\x12\n\nbeam_width\x18\x02 \x01(\x05\"\xab\x01\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.w2v.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\x10\n\x08hotwords\x18\x04 \x03(\t\x12&\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x15.w2v.v1.DecoderConfig\"`\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.w2v.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".w2v.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"L\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\x96\x01\n\x1aStreamingRecognitionResult\x12\x10\n\x08is_final\x18\x01 \x01(\x08\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x1f\n\x05words\x18\x04 \x03(\x0b\x32\x10.w2v.v1.WordInfo\x12\x0f\n\x07start_s\x18\x05 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x06 \x01(\x01\"Q\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".w2v.v1.StreamingRecognitionResult\"T\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.w2v.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"\\\n\x11RecognizeResponse\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x1f\n\x05words\x18\x02 \x03(\x0b\x32\x10.w2v.v1.WordInfo\x12\x12\n\nduration_s\x18\x03 \x01(\x01*D\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02*>\n\rDecoderMethod\x12\x17\n\x13\x44\x45\x43ODER_UNSPECIFIED\x10\x00\x12\n\n\x06GREEDY\x10\x01\x12\x08\n\x04\x42\x45\x41M\x10\x02\x32\xaf\x01\n\nRecognizer\x12_\n\x12StreamingRecognize\x12!.w2v.v1.StreamingRecognizeRequest\x1a\".w2v.v1.StreamingRecognizeResponse(\x01\x30\x01\x12@\n\tRecognize\x12\x18.w2v.v1.RecognizeRequest\x1a\x19.w2v.v1.RecognizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!w2v_serve/service/proto/w2v.proto\x12\x06w2v.v1\"\x84\x01\n\rDecoderConfig\x12%\n\x06method\x18\x01 \x01(\x0e\x32\x15.w2v.v1.DecoderMethod\x12\x12\n\nbeam_width\x18\x02 \x01(\x05\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04\x62\x65ta\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_alphaB\x07\n\x05_beta\"\xe9\x01\n\x11RecognitionConfig\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.w2v.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\x10\n\x08hotwords\x18\x04 \x03(\t\x12&\n\x07\x64\x65\x63oder\x18\x05 \x01(\x0b\x32\x15.w2v.v1.DecoderConfig\x12\r\n\x05model\x18\x06 \x01(\t\x12\x13\n\x0b\x65ndpoint_ms\x18\x07 \x01(\x05\x12\x18\n\x10max_alternatives\x18\x08 \x01(\x05\"`\n\x1aStreamingRecognitionConfig\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.w2v.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\"\x89\x01\n\x19StreamingRecognizeRequest\x12>\n\x10streaming_config\x18\x01 \x01(\x0b\x32\".w2v.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"L\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\x96\x01\n\x1aStreamingRecognitionResult\x12\x10\n\x08is_final\x18\x01 \x01(\x08\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x1f\n\x05words\x18\x04 \x03(\x0b\x32\x10.w2v.v1.WordInfo\x12\x0f\n\x07start_s\x18\x05 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x06 \x01(\x01\"Q\n\x1aStreamingRecognizeResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".w2v.v1.StreamingRecognitionResult\"T\n\x10RecognizeRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.w2v.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"V\n\x0b\x41lternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x1f\n\x05words\x18\x02 \x03(\x0b\x32\x10.w2v.v1.WordInfo\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"\x87\x01\n\x11RecognizeResponse\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x1f\n\x05words\x18\x02 \x03(\x0b\x32\x10.w2v.v1.WordInfo\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12)\n\x0c\x61lternatives\x18\x04 \x03(\x0b\x32\x13.w2v.v1.Alternative*D\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02*>\n\rDecoderMethod\x12\x17\n\x13\x44\x45\x43ODER_UNSPECIFIED\x10\x00\x12\n\n\x06GREEDY\x10\x01\x12\x08\n\x04\x42\x45\x41M\x10\x02\x32\xaf\x01\n\nRecognizer\x12_\n\x12StreamingRecognize\x12!.w2v.v1.StreamingRecognizeRequest\x1a\".w2v.v1.StreamingRecognizeResponse(\x01\x30\x01\x12@\n\tRecognize\x12\x18.w2v.v1.RecognizeRequest\x1a\x19.w2v.v1.RecognizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'w2v_serve.service.proto.w2v_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1027
-  _globals['_AUDIOENCODING']._serialized_end=1095
-  _globals['_DECODERMETHOD']._serialized_start=1097
-  _globals['_DECODERMETHOD']._serialized_end=1159
-  _globals['_DECODERCONFIG']._serialized_start=45
-  _globals['_DECODERCONFIG']._serialized_end=119
-  _globals['_RECOGNITIONCONFIG']._serialized_start=122
-  _globals['_RECOGNITIONCONFIG']._serialized_end=293
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=295
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=391
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=394
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=531
-  _globals['_WORDINFO']._serialized_start=533
-  _globals['_WORDINFO']._serialized_end=609
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=612
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=762
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=764
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=845
-  _globals['_RECOGNIZEREQUEST']._serialized_start=847
-  _globals['_RECOGNIZEREQUEST']._serialized_end=931
-  _globals['_RECOGNIZERESPONSE']._serialized_start=933
-  _globals['_RECOGNIZERESPONSE']._serialized_end=1025
-  _globals['_RECOGNIZER']._serialized_start=1162
-  _globals['_RECOGNIZER']._serialized_end=1337
+  _globals['_AUDIOENCODING']._serialized_start=1280
+  _globals['_AUDIOENCODING']._serialized_end=1348
+  _globals['_DECODERMETHOD']._serialized_start=1350
+  _globals['_DECODERMETHOD']._serialized_end=1412
+  _globals['_DECODERCONFIG']._serialized_start=46
+  _globals['_DECODERCONFIG']._serialized_end=178
+  _globals['_RECOGNITIONCONFIG']._serialized_start=181
+  _globals['_RECOGNITIONCONFIG']._serialized_end=414
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=416
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=512
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=515
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=652
+  _globals['_WORDINFO']._serialized_start=654
+  _globals['_WORDINFO']._serialized_end=730
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=733
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=883
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=885
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=966
+  _globals['_RECOGNIZEREQUEST']._serialized_start=968
+  _globals['_RECOGNIZEREQUEST']._serialized_end=1052
+  _globals['_ALTERNATIVE']._serialized_start=1054
+  _globals['_ALTERNATIVE']._serialized_end=1140
+  _globals['_RECOGNIZERESPONSE']._serialized_start=1143
+  _globals['_RECOGNIZERESPONSE']._serialized_end=1278
+  _globals['_RECOGNIZER']._serialized_start=1415
+  _globals['_RECOGNIZER']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)
