@@ -13,7 +13,8 @@ after ``eof``: ``{"partial": "text so far"}``, or, when a segment ended (a pause
 ``{"result": [{"word", "start", "end", "conf"}, ...], "text": "..."}`` with times in seconds from
 the start of the stream. After the last result the server closes with 1000. An error is
 ``{"error": {message, type, param, code}}`` (OpenAI's shape, as on the HTTP API) followed by a
-close (1008 policy: auth; 1013 try again later: no free stream; 1011 server error; 1007 bad data).
+close: 1008 (auth, unknown model), 1007 (bad message or audio), 1009 (too much audio, a message
+over ``--max-chunk-bytes``), 1013 (no free stream, draining), 1011 (idle timeout, server error).
 
 The model: ``config.model``, else the ``model`` query parameter, else the default model. Auth:
 ``Authorization: Bearer TOKEN``, or the ``token`` query parameter (a browser cannot set headers).
@@ -120,8 +121,8 @@ class VoskSocket:
                     await ws.close(1000)
                     return
                 if len(data) > limits.max_chunk_bytes:
-                    raise invalid_argument(f"audio message of {len(data)} bytes is over the limit of "
-                                           f"{limits.max_chunk_bytes} bytes")
+                    raise ApiError(413, f"audio message of {len(data)} bytes is over the limit of "
+                                        f"{limits.max_chunk_bytes} bytes (--max-chunk-bytes)", code="message_too_large")
                 received += len(data)
                 if audio_in.format.seconds(received) > limits.max_stream_seconds:
                     raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"stream is over the limit of "
