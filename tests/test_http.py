@@ -238,10 +238,24 @@ def test_corrupt_file_is_400_and_the_server_keeps_serving(client, audio_files, r
 def test_bad_form_values_are_400_naming_the_parameter(client, audio_files):
     for kwargs, param in (({"response_format": "yaml"}, "response_format"),
                           ({"timestamp_granularities": ["sentence"]}, "timestamp_granularities"),
-                          ({"language": "fr"}, "language")):
+                          ({"language": "fr"}, "language"),
+                          ({"prompt": " ".join(f"word{i}" for i in range(300))}, "prompt")):
         with pytest.raises(openai.BadRequestError) as e:
             transcribe(client, audio_files["wav"], **kwargs)
         assert e.value.body["param"] == param, e.value.body
+
+
+def test_prompt_words_are_hotwords_and_metrics_count_http(server, client, audio_files, reference):
+    """A prompt is taken (its words boost the beam search; the bundled model already hears this
+    file right, so the text stays); /metrics on the HTTP port counts the HTTP audio and errors."""
+    r = transcribe(client, audio_files["wav"], prompt="Quick, brown; fox.", language="en")
+    assert r.text == reference["wav"]["text"]
+    with pytest.raises(openai.BadRequestError):
+        transcribe(client, audio_files["wav"], response_format="yaml")
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    seconds = re.search(r'^w2v_audio_seconds_total\{rpc="http"\} (\S+)$', text, re.M)
+    assert seconds and float(seconds.group(1)) > 0
+    assert re.search(r'^w2v_errors_total\{code="INVALID_ARGUMENT"\} [1-9]', text, re.M)
 
 
 def test_upload_over_the_limit_is_413(client, tmp_path):
@@ -416,3 +430,29 @@ def test_page_streams_the_microphone_into_the_transcript(server, tmp_path):
         os.replace(tmp, shot)
     finally:
         browser_driver.quit()
+
+
+# ---------------------------------------------------------------------------- the Triton backend
+@pytest.mark.slow
+def test_triton_backend_answers_the_sdk_and_the_websocket(audio_files, reference):
+    """``w2v serve --backend triton --http-port``: a local tritonserver runs the bundled model;
+    the OpenAI API's transcript is still w2v transcribe's, the WebSocket streams through Triton."""
+    pytest.importorskip("tritonclient.grpc")
+    from w2v_serve.triton.launcher import TritonError, locate_tritonserver
+
+    try:
+        locate_tritonserver()
+    except TritonError as e:
+        pytest.skip(f"no tritonserver in this installation: {e}")
+    s = _Server("--backend", "triton")
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=TOKEN, max_retries=0, timeout=120)
+        for kind in ("wav", "flac"):
+            assert transcribe(client, audio_files[kind]).text == reference[kind]["text"]
+        r = transcribe(client, audio_files["wav"], response_format="verbose_json", timestamp_granularities=["word"])
+        assert_monotone(r.words, r.duration)
+        replies = asyncio.run(vosk_stream(f"ws://127.0.0.1:{s.http_port}/ws?token={TOKEN}", audio_files["wav"]))
+        assert replies[-1]["text"] is not None and any("result" in r for r in replies)
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0, "".join(s.log)
