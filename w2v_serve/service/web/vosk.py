@@ -13,8 +13,11 @@ after ``eof``: ``{"partial": "text so far"}``, or, when a segment ended (a pause
 ``{"result": [{"word", "start", "end", "conf"}, ...], "text": "..."}`` with times in seconds from
 the start of the stream. After the last result the server closes with 1000. An error is
 ``{"error": {message, type, param, code}}`` (OpenAI's shape, as on the HTTP API) followed by a
-close: 1008 (auth, unknown model), 1007 (bad message or audio), 1009 (too much audio, a message
-over ``--max-chunk-bytes``), 1013 (no free stream, draining), 1011 (idle timeout, server error).
+close: 1008 (auth, unknown model), 1007 (bad message or audio, a message over
+``--max-chunk-bytes``), 1009 (over ``--max-stream-seconds``), 1013 (no free stream, draining, the
+compute budget spent), 1011 (idle timeout, audio too slow, server error). The stream's audio goes
+through the service's ``limits.AudioFeed`` and ``StreamGuard``: the same budgets and idle clock as
+gRPC streams.
 
 The model: ``config.model``, else the ``model`` query parameter, else the default model. Auth:
 ``Authorization: Bearer TOKEN``, or the ``token`` query parameter (a browser cannot set headers).
@@ -29,12 +32,12 @@ import time
 from contextlib import AsyncExitStack
 from typing import Optional, Sequence
 
-import grpc
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from w2v_serve.service.backends import StreamOptions
 from w2v_serve.service.errors import ServiceError, invalid_argument
-from w2v_serve.service.pcm import AudioFormat, ChunkDecoder, ChunkError
+from w2v_serve.service.limits import AudioFeed, StreamGuard
+from w2v_serve.service.pcm import AudioFormat, ChunkError
 from w2v_serve.service.web.common import ApiError, check_token, stream_slot, unknown_model
 from w2v_serve.streaming import StreamResult
 
@@ -74,26 +77,33 @@ class VoskSocket:
             error = ApiError(500, f"{type(e).__name__}: {e}", type="server_error", code="internal_error")
             await _close(ws, 1011, error.body())
 
-    async def _receive(self, ws: WebSocket) -> dict:
-        idle = self.service.limits.idle_timeout_s
+    async def _receive(self, ws: WebSocket, guard: StreamGuard) -> dict:
+        """The next message; the idle clock (the client's silence only) runs while waiting."""
+        guard.begin_wait()
         try:
-            message = await asyncio.wait_for(ws.receive(), idle)
-        except asyncio.TimeoutError:
-            raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {idle:g} s (idle timeout)") from None
+            while True:
+                guard.check_waiting()
+                try:
+                    message = await asyncio.wait_for(ws.receive(), max(0.01, guard.idle_left()))
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            guard.end_wait()
         if message["type"] == "websocket.disconnect":
             raise _Ended()
         return message
 
     async def _stream(self, ws: WebSocket) -> None:
-        limits, models, metrics = self.service.limits, self.server.models, self.service.metrics
+        models, metrics = self.server.models, self.service.metrics
+        guard = StreamGuard(self.service.limits)     # budgets and the idle clock, as on gRPC
         config: dict = {}
-        stream = audio_in = None
-        received = 0
+        stream = feed = None
         last_partial = ""
         lease = AsyncExitStack()
         try:
             while True:
-                message = await self._receive(ws)
+                message = await self._receive(ws, guard)
                 data: Optional[bytes] = message.get("bytes")
                 if data is None:
                     request = _json(message.get("text") or "")
@@ -112,23 +122,16 @@ class VoskSocket:
                     backend = await lease.enter_async_context(models.lease(name))
                     stream = await backend.open_stream(StreamOptions(
                         interim_results=config.get("partials", True), hotwords=config.get("hotwords", ())))
-                    audio_in = ChunkDecoder(AudioFormat("LINEAR16", config.get("sample_rate", 16000)),
-                                            backend.sample_rate)
+                    feed = AudioFeed(stream, AudioFormat("LINEAR16", config.get("sample_rate", 16000)),
+                                     backend.sample_rate, guard)
                 if data is None:                      # eof: the last results, then close
-                    results = await stream.send(audio_in.finish(), end=True)
+                    results = await feed.finish()
                     stream = None                     # the backend closed it with the final result
                     await ws.send_text(json.dumps(_final(results, force=True)))
                     await ws.close(1000)
                     return
-                if len(data) > limits.max_chunk_bytes:
-                    raise ApiError(413, f"audio message of {len(data)} bytes is over the limit of "
-                                        f"{limits.max_chunk_bytes} bytes (--max-chunk-bytes)", code="message_too_large")
-                received += len(data)
-                if audio_in.format.seconds(received) > limits.max_stream_seconds:
-                    raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, f"stream is over the limit of "
-                                                        f"{limits.max_stream_seconds:g} s of audio")
-                metrics.audio_seconds.labels(rpc="websocket").inc(audio_in.format.seconds(len(data)))
-                results = await stream.send(audio_in.decode(data), end=False)
+                results = await feed.feed(data)
+                metrics.audio_seconds.labels(rpc="websocket").inc(feed.format.seconds(len(data)))
                 reply = _final(results)
                 if reply is None:
                     partials = [r for r in results if not r.is_final]
@@ -137,15 +140,12 @@ class VoskSocket:
                 else:
                     last_partial = ""
                 await ws.send_text(json.dumps(reply))
-                if results:
-                    kinds = {"final" if r.is_final else "partial" for r in results}
-                    for kind in kinds:
-                        metrics.latency.labels(kind=kind).observe(time.monotonic() - arrived)
+                for kind in {"final" if r.is_final else "partial" for r in results}:
+                    metrics.latency.labels(kind=kind).observe(time.monotonic() - arrived)
         finally:
             if stream is not None:
                 stream.close()
             await lease.aclose()
-
 
 
 def _final(results: Sequence[StreamResult], force: bool = False) -> Optional[dict]:
@@ -174,8 +174,9 @@ def _config(config) -> dict:
         raise invalid_argument("config must be an object")
     out: dict = {}
     rate = config.get("sample_rate", 16000)
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 384_000 or rate != int(rate):
-        raise invalid_argument("config.sample_rate must be a whole number of Hz in 1..384000")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate != int(rate):
+        raise invalid_argument("config.sample_rate must be a whole number of Hz")
+    AudioFormat("LINEAR16", int(rate))        # the service's sample-rate range (ChunkError beyond)
     out["sample_rate"] = int(rate)
     if config.get("model") is not None:
         if not isinstance(config["model"], str):
