@@ -3,7 +3,7 @@ official ``openai`` SDK against the OpenAI-compatible API, a WebSocket client sp
 protocol, and headless Chromium with a fake microphone on the page at ``/``.
 
 One server process (the bundled default model, bearer-token auth, two stream slots, a 1 MiB
-upload limit) serves every test; the reference is ``w2v transcribe`` of the same files with the
+upload limit, 30 s of audio at most) serves every test; the reference is ``w2v transcribe`` of the same files with the
 same model and decoder, and ``w2v stream``'s gRPC path for the WebSocket.
 """
 
@@ -35,9 +35,10 @@ pytest.importorskip("uvicorn")
 
 TOKEN = "http-test-token"
 SENTENCES = ("the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore")
-# The page's two utterances: ones the bundled model hears the same with any padding around them
-# (the fake microphone adds silence), so the streamed words can be held to w2v transcribe's.
-PAGE_SENTENCES = ("open the door and close the window", "the children are playing in the garden")
+# The page's two utterances: ones the bundled model hears the same streamed and offline, whatever
+# silence leads them (the fake microphone starts at no fixed point), so the streamed words can be
+# held to w2v transcribe's.
+PAGE_SENTENCES = ("the weather is nice today", "turn left at the next corner")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "images" / "http_page.png"
@@ -80,7 +81,7 @@ class _Server:
     def __init__(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "w2v_serve.cli", "serve", "--port", "0", "--http-port", "0",
-             "--auth-token", TOKEN, "--max-streams", "2", "--max-upload-mb", "1", "--idle-timeout", "20", *extra],
+             "--auth-token", TOKEN, "--max-streams", "2", "--max-upload-mb", "1", "--max-stream-seconds", "30", "--idle-timeout", "20", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_python_env())
         self.log: list[str] = []
         self.http_port = self.grpc_port = None
@@ -264,6 +265,16 @@ def test_upload_over_the_limit_is_413(client, tmp_path):
     with pytest.raises(openai.APIStatusError) as e:
         transcribe(client, big)
     assert e.value.status_code == 413 and e.value.body["code"] == "file_too_large"
+
+
+def test_audio_over_the_duration_limit_is_413(client, tmp_path):
+    long = tmp_path / "long.flac"
+    sf.write(str(long), np.zeros(16000 * 31, np.int16), 16000, format="FLAC")     # small file, 31 s > 30 s
+    assert long.stat().st_size < 1 << 20
+    with pytest.raises(openai.APIStatusError) as e:
+        transcribe(client, long)
+    assert e.value.status_code == 413 and e.value.body["code"] == "audio_too_long"
+    assert "--max-stream-seconds" in e.value.body["message"]
 
 
 def test_over_the_stream_limit_is_429(server, client, audio_files):
