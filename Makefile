@@ -9,7 +9,8 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 # `w2v data synth` speaks with espeak-ng, flite and festival (festvox-*: festival's English voices;
 # the *16k ones, whose 8k twins conflict with them) and may take WordNet's example sentences.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican \
-                   flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base
+                   flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base \
+                   chromium chromium-driver
 FESTIVAL_VOICES := /usr/share/festival/voices/english/kal_diphone /usr/share/festival/voices/english/ked_diphone \
                    /usr/share/festival/voices/us/cmu_us_slt_arctic_hts
 LEXICON := /usr/share/dict/american-english
@@ -23,6 +24,7 @@ sysdeps:
 	command -v sox >/dev/null || missing=1; \
 	command -v flite >/dev/null || missing=1; \
 	command -v festival >/dev/null || missing=1; \
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing=1; \
 	for d in $(FESTIVAL_VOICES); do [ -d $$d ] || missing=1; done; \
 	[ -f /usr/share/wordnet/data.noun ] || missing=1; \
 	[ -x /usr/lib/irstlm/bin/build-lm.sh ] || [ -x /usr/bin/build-lm.sh ] || missing=1; \

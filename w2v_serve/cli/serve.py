@@ -57,6 +57,14 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on this HTTP port")
+    web = p.add_argument_group("HTTP (docs/http.md; needs pip install 'w2v[http]')")
+    web.add_argument("--http-port", type=int, metavar="N",
+                     help="also serve HTTP on this port (0 picks a free one): OpenAI's POST /v1/audio/transcriptions "
+                          "and GET /v1/models, WebSocket streaming at /ws (Vosk's protocol), the microphone page at /, "
+                          "/metrics; same models, token and limits as gRPC")
+    web.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB",
+                     help="largest upload to /v1/audio/transcriptions (default 100; longer audio than "
+                          "--max-stream-seconds is refused too)")
     p.add_argument("--auth-token", metavar="TOKEN",
                    help="require 'authorization: Bearer TOKEN' (default: $W2V_AUTH_TOKEN; none: no auth)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
@@ -226,6 +234,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if "up" in gauge:
             gauge["up"].set(sum(b.pool.up_count for b in registry.loaded() if hasattr(b, "pool")))
 
+    if args.http_port is not None:
+        from w2v_serve.service import web
+
+        if web.missing():
+            raise CommandError(f"{web.MISSING} (missing: {', '.join(web.missing())})")
+        if args.max_upload_mb <= 0:
+            raise CommandError("--max-upload-mb must be positive")
     registry = build_registry(args, on_servers_up=servers_up)
     riva = False if args.no_riva else None
     if riva is None:
@@ -249,6 +264,15 @@ async def _serve(server: RecognitionServer, args: argparse.Namespace) -> int:
         if not isinstance(e, OSError):
             raise CommandError(f"cannot load model {server.models.default_name}: {e}") from e
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {e}") from e
+    http = None
+    if args.http_port is not None:
+        from w2v_serve.service.web.app import HttpServer
+
+        http = HttpServer(server, args.host, args.http_port, max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+        try:
+            await http.start()
+        except OSError as e:
+            raise CommandError(f"cannot listen on {args.host}:{args.http_port} (--http-port): {e}") from e
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 
@@ -272,6 +296,10 @@ async def _serve(server: RecognitionServer, args: argparse.Namespace) -> int:
     riva = ", Riva API" if server.riva is not None else ""
     log.info("listening on %s:%d (backend %s, models %s; default %s%s%s%s%s)", args.host, port, server.models.kind,
              server.models.served(), server.models.default_name, riva, metrics, auth, tls)
+    if http is not None:
+        log.info("HTTP on http://%s:%d (OpenAI API /v1, WebSocket /ws, page /)", args.host, http.port)
     await server.wait()
+    if http is not None:
+        await http.stop()
     log.info("stopped")
     return 0

@@ -19,6 +19,7 @@ from typing import Iterable, Optional, TextIO
 from w2v_serve.cli import CommandError, handler
 from w2v_serve.cli.options import add_decoder_flags, add_runtime_flag, add_variant_flag, decoder_options
 from w2v_serve.model_dir import write_text_atomic
+from w2v_serve.subtitles import render_srt, render_vtt, subtitle_cues
 from w2v_serve.transcribe import TranscriptionResult
 
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
@@ -69,41 +70,13 @@ def expand_inputs(args: Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- formats
-def format_timestamp(seconds: float, sep: str) -> str:
-    ms = int(round(max(seconds, 0.0) * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-def subtitle_cues(result: TranscriptionResult, max_chars: int = 42, max_seconds: float = 6.0,
-                  max_gap: float = 1.0) -> list[tuple[float, float, str]]:
-    """Words grouped into cues: a new cue after a pause, or when a line would get too long."""
-    cues: list[tuple[float, float, str]] = []
-    words: list = []
-    for w in result.words:
-        if words and (w.start_s - words[-1].end_s > max_gap or w.end_s - words[0].start_s > max_seconds
-                      or len(" ".join(x.word for x in words)) + 1 + len(w.word) > max_chars):
-            cues.append((words[0].start_s, words[-1].end_s, " ".join(x.word for x in words)))
-            words = []
-        words.append(w)
-    if words:
-        cues.append((words[0].start_s, words[-1].end_s, " ".join(x.word for x in words)))
-    return cues
-
-
 def render(result: TranscriptionResult, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
     if fmt == "text":
         return result.text + "\n"
-    cues = subtitle_cues(result)
-    if fmt == "srt":
-        return "".join(f"{i}\n{format_timestamp(a, ',')} --> {format_timestamp(b, ',')}\n{t}\n\n"
-                       for i, (a, b, t) in enumerate(cues, 1))
-    return "WEBVTT\n\n" + "".join(f"{format_timestamp(a, '.')} --> {format_timestamp(b, '.')}\n{t}\n\n"
-                                  for a, b, t in cues)
+    cues = subtitle_cues(result.words)
+    return render_srt(cues) if fmt == "srt" else render_vtt(cues)
 
 
 class _Writer:
