@@ -79,6 +79,16 @@ class EmbeddedStream:
             self._backend.worker.close(self._rec, self.stream_id)
 
 
+class _SharedEngine:
+    """The backend's Engine, opened when a stream's first full-context final needs it."""
+
+    def __init__(self, backend: "EmbeddedBackend") -> None:
+        self._backend = backend
+
+    def log_probs(self, audio: np.ndarray) -> np.ndarray:
+        return self._backend.engine().log_probs(audio)
+
+
 class EmbeddedBackend:
     name = "embedded"
 
@@ -114,7 +124,8 @@ class EmbeddedBackend:
                                        f"this server builds at most {MAX_DECODER_SETTINGS} decoder settings; "
                                        "use the default decoder or one already in use")
                 rec = StreamingRecognizer(self.model, self.stream_config, options, session_factory=self._session,
-                                          runtime=self.runtime, precision=self.precision)
+                                          runtime=self.runtime, precision=self.precision,
+                                          engine=_SharedEngine(self))
                 self._recognizers[options] = rec
             return rec
 
@@ -127,12 +138,17 @@ class EmbeddedBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._offline_thread, self._transcribe, audio, decoder, options.hotwords)
 
+    def engine(self) -> Engine:
+        """The whole-model Engine (model.onnx) of Recognize and of streams' full-context finals."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
+            return self._engine
+
     def _transcribe(self, audio: np.ndarray, decoder: DecoderOptions, hotwords: tuple[str, ...]) -> TranscriptionResult:
-        if self._engine is None:
-            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
         t = self._transcribers.get(decoder)
         if t is None:
-            t = self._transcribers[decoder] = Transcriber(engine=self._engine, decoder=decoder)
+            t = self._transcribers[decoder] = Transcriber(engine=self.engine(), decoder=decoder)
         result = t.transcribe(audio, sample_rate=self.sample_rate, hotwords=list(hotwords) or None)
         if result.error:
             raise invalid_argument(result.error)
