@@ -246,3 +246,14 @@ def test_blocks_decode_like_the_whole(bundled, speech_log_probs, setting):
         final = decoder.finish(state)
         assert final == whole
         assert partials[-1].text.split()[:-1] == whole.text.split()[:-1] or setting == "greedy" and partials[-1] == whole
+
+
+@pytest.mark.slow
+def test_per_call_lm_weights_equal_a_decoder_built_with_them_and_share_the_lm(bundled, speech_log_probs):
+    default = _bundled_decoder(bundled)
+    other = _bundled_decoder(bundled, alpha=1.2, beta=0.0)
+    assert default._beam.language_model._kenlm_model is other._beam.language_model._kenlm_model   # loaded once
+    for lp in speech_log_probs:
+        assert default.decode(lp, alpha=1.2, beta=0.0) == other.decode(lp)
+        assert default.decode(lp, alpha=0.0, beta=0.0).text == _bundled_decoder(bundled, method=BEAM, no_lm=True).decode(lp).text
+    assert (default._beam.language_model.alpha, default._beam.language_model.beta) == (0.5, 1.0)   # untouched

@@ -34,6 +34,7 @@ they are skipped, with that log-probability kept aside so scores stay exact.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -55,22 +56,41 @@ def make_language_model(kenlm_model, unigrams: Iterable[str], alpha: float, beta
     """pyctcdecode's ``LanguageModel`` over a loaded KenLM model, with the scoring described in
     the module docstring and a sorted-list prefix index instead of pyctcdecode's character trie
     (5 s to build for 104k words; the search only asks whether a partial word begins a word)."""
-    from pyctcdecode.language_model import LanguageModel, _prepare_unigram_set
+    from pyctcdecode.language_model import _prepare_unigram_set
 
-    class _LanguageModel(LanguageModel):
-        def score_partial_token(self, partial_token: str) -> float:
-            return self.alpha * LOG10 * super().score_partial_token(partial_token)
-
-        def score(self, prev_state, word: str, is_last_word: bool = False):
-            if word == "":
-                end = self._get_raw_end_score(prev_state) if is_last_word else 0.0
-                return self.alpha * end * LOG10, prev_state
-            return super().score(prev_state, word, is_last_word)
-
-    lm = _LanguageModel(kenlm_model, None, alpha=alpha, beta=beta, unk_score_offset=UNK_OFFSET)
+    lm = _language_model_class()(kenlm_model, None, alpha=alpha, beta=beta, unk_score_offset=UNK_OFFSET)
     lm._unigram_set = _prepare_unigram_set(sorted(unigrams), kenlm_model)
     lm._char_trie = PrefixIndex(lm._unigram_set)
     return lm
+
+
+def with_weights(language_model, alpha: float, beta: float):
+    """The same loaded LM (KenLM model, word set, prefix index shared) with other weights:
+    what a request's own ``alpha``/``beta`` cost is this object, a few hundred bytes."""
+    other = copy.copy(language_model)
+    other.alpha, other.beta = float(alpha), float(beta)
+    return other
+
+
+_CLASS: list = []
+
+
+def _language_model_class():
+    if not _CLASS:
+        from pyctcdecode.language_model import LanguageModel
+
+        class WeightedLanguageModel(LanguageModel):
+            def score_partial_token(self, partial_token: str) -> float:
+                return self.alpha * LOG10 * super().score_partial_token(partial_token)
+
+            def score(self, prev_state, word: str, is_last_word: bool = False):
+                if word == "":
+                    end = self._get_raw_end_score(prev_state) if is_last_word else 0.0
+                    return self.alpha * end * LOG10, prev_state
+                return super().score(prev_state, word, is_last_word)
+
+        _CLASS.append(WeightedLanguageModel)
+    return _CLASS[0]
 
 
 class PrefixIndex:
@@ -93,6 +113,7 @@ class SearchState:
     """One search in progress: its hypotheses (best first), LM caches and frame position."""
 
     hotword_scorer: object
+    language_model: object = None
     beams: list = field(default_factory=lambda: [_EMPTY])
     lm_cache: dict = field(default_factory=dict)
     partial_cache: dict = field(default_factory=dict)
@@ -123,11 +144,16 @@ class BeamSearch:
         self.beam_prune_logp = beam_prune_logp
         self.token_min_logp = token_min_logp
 
-    def start(self, hotwords: Sequence[str] = (), hotword_weight: float = 10.0) -> SearchState:
+    def start(self, hotwords: Sequence[str] = (), hotword_weight: float = 10.0,
+              weights: Optional[tuple[float, float]] = None) -> SearchState:
+        """A new search; ``weights``: this search's (alpha, beta) instead of the LM's."""
         from pyctcdecode.language_model import HotwordScorer
 
-        state = SearchState(HotwordScorer.build_scorer(list(hotwords) or None, weight=hotword_weight))
-        start = self.language_model.get_start_state() if self.language_model is not None else None
+        lm = self.language_model
+        if lm is not None and weights is not None and tuple(weights) != (lm.alpha, lm.beta):
+            lm = with_weights(lm, *weights)
+        state = SearchState(HotwordScorer.build_scorer(list(hotwords) or None, weight=hotword_weight), lm)
+        start = lm.get_start_state() if lm is not None else None
         state.lm_cache[("", False)] = (0.0, 0.0, start)
         return state
 
@@ -195,7 +221,7 @@ class BeamSearch:
 
     def _score(self, beams: list, state: SearchState, is_eos: bool) -> list:
         """Each hypothesis with its LM + hotword score appended (pyctcdecode's _get_lm_beams)."""
-        lm, hw, cache, partial_cache = self.language_model, state.hotword_scorer, state.lm_cache, state.partial_cache
+        lm, hw, cache, partial_cache = state.language_model, state.hotword_scorer, state.lm_cache, state.partial_cache
         out = []
         for text, next_word, word_part, last_char, frame_list, frames, score in beams:
             new_text = _join(text, next_word)

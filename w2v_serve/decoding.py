@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from w2v_serve.beam_search import BeamSearch, Hypothesis, SearchState, make_language_model
+from w2v_serve.beam_search import BeamSearch, Hypothesis, SearchState, make_language_model, with_weights
 from w2v_serve.hotwords import hotwords_problem
 from w2v_serve.vocab import Vocabulary
 
@@ -199,21 +200,24 @@ class CTCDecoder:
 
     # ------------------------------------------------------------------ public
     def decode(self, log_probs: np.ndarray, *, frame_offset: int = 0,
-               hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None) -> Transcript:
+               hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None,
+               alpha: Optional[float] = None, beta: Optional[float] = None) -> Transcript:
         """Decode one [frames, vocab] log-probability matrix.
 
-        ``hotwords``/``hotword_weight`` override the options' for this call (beam only).
-        ``frame_offset`` shifts word times (a segment that starts later in the recording).
+        ``hotwords``/``hotword_weight`` and the LM weights ``alpha``/``beta`` override the
+        options' for this call (beam only; the loaded LM is shared, so they cost nothing to
+        change). ``frame_offset`` shifts word times (a segment that starts later in the recording).
         """
         log_probs = self._check(log_probs)
         if log_probs.shape[0] == 0:
             return Transcript("")
-        state = self.begin(hotwords=hotwords, hotword_weight=hotword_weight, frame_offset=frame_offset)
+        state = self.begin(hotwords=hotwords, hotword_weight=hotword_weight, frame_offset=frame_offset,
+                           alpha=alpha, beta=beta)
         self.advance(state, log_probs)
         return self.finish(state)
 
     def begin(self, *, hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None,
-              frame_offset: int = 0) -> "DecodeState":
+              frame_offset: int = 0, alpha: Optional[float] = None, beta: Optional[float] = None) -> "DecodeState":
         """Start decoding a sequence whose frames arrive in blocks (a stream's segment).
 
         ``advance`` each block in order, read ``partial`` at any time, and ``finish`` once: the
@@ -223,7 +227,10 @@ class CTCDecoder:
             return DecodeState(frame_offset, None)
         words = self.options.hotwords if hotwords is None else tuple(hotwords)
         weight = self.options.hotword_weight if hotword_weight is None else hotword_weight
-        return DecodeState(frame_offset, self._beam.start(words, weight))
+        weights = None
+        if alpha is not None or beta is not None:
+            weights = (self.options.alpha if alpha is None else alpha, self.options.beta if beta is None else beta)
+        return DecodeState(frame_offset, self._beam.start(words, weight, weights))
 
     def advance(self, state: "DecodeState", log_probs: np.ndarray) -> None:
         """Extend a sequence by the next block of frames."""
@@ -360,27 +367,48 @@ def _build_beam_decoder(labels: list[str], options: DecoderOptions) -> BeamSearc
     if not lm_path.is_file():
         raise DecoderError(f"{lm_path}: no such language model file")
     try:
-        import kenlm
+        import kenlm  # noqa: F401  (loaded by _loaded_lm)
     except ImportError as e:
         raise DecoderError("a language model needs the 'kenlm' package: pip install 'w2v[lm]'") from e
-    from w2v_serve.lm import read_unigrams, unigrams_path_for
+    from w2v_serve.lm import unigrams_path_for
 
     unigrams_file = Path(options.unigrams) if options.unigrams else unigrams_path_for(lm_path)
-    if unigrams_file.is_file():
-        unigrams = read_unigrams(unigrams_file)
-    elif _is_arpa(lm_path):
-        unigrams = read_unigrams(lm_path)
-    else:
+    if not unigrams_file.is_file() and not _is_arpa(lm_path):
         raise DecoderError(f"{lm_path}: a binary LM needs its unigram list ({unigrams_file} not found; "
                            "pass unigrams=... / --unigrams FILE)")
-    try:
-        config = kenlm.Config()
-        config.show_progress = False    # KenLM draws a loading bar on stderr otherwise
-        config.arpa_complain = kenlm.ARPALoadComplain.NONE     # "faster if you build a binary file"
-        model = kenlm.Model(str(lm_path), config)
-    except (OSError, RuntimeError) as e:
-        raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e
-    return BeamSearch(labels, make_language_model(model, unigrams, options.alpha, options.beta), **search)
+    return BeamSearch(labels, with_weights(_loaded_lm(lm_path, unigrams_file), options.alpha, options.beta), **search)
+
+
+_LOADED: dict = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple:
+    st = path.stat() if path.is_file() else None
+    return (str(path.resolve()), st.st_mtime_ns if st else None, st.st_size if st else None)
+
+
+def _loaded_lm(lm_path: Path, unigrams_file: Path):
+    """The LM of a file, loaded once per process (and inherited by forked decode workers):
+    decoders with other weights, beam widths or hotwords share it. A changed file is reloaded."""
+    key = (_file_key(lm_path), _file_key(unigrams_file))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            import kenlm
+            from w2v_serve.lm import read_unigrams
+
+            unigrams = read_unigrams(unigrams_file if unigrams_file.is_file() else lm_path)
+            try:
+                config = kenlm.Config()
+                config.show_progress = False    # KenLM draws a loading bar on stderr otherwise
+                config.arpa_complain = kenlm.ARPALoadComplain.NONE     # "faster if you build a binary file"
+                model = kenlm.Model(str(lm_path), config)
+            except (OSError, RuntimeError) as e:
+                raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e
+            for stale in [k for k in _LOADED if k[0][0] == key[0][0]]:
+                del _LOADED[stale]
+            _LOADED[key] = make_language_model(model, unigrams, DEFAULT_ALPHA, DEFAULT_BETA)
+        return _LOADED[key]
 
 
 def _is_arpa(path: Path) -> bool:

@@ -98,11 +98,17 @@ class Transcriber:
             directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
         else:
             directory = engine.model
-        # Forked first, before this process starts the runtime's threads (see DecodePool).
+        # Forked first, before this process starts the runtime's threads (see DecodePool), and
+        # after the decoder is built: the workers inherit the loaded LM instead of loading it again.
         self._decode_pool: Optional[DecodePool] = None
+        prebuilt = None
         if decode_workers > 0:
+            prebuilt = CTCDecoder(directory.vocab, decoder, frame_seconds=directory.card.frame_seconds)
             self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
-        if engine is None:
+        if prebuilt is not None:
+            self.decoder = prebuilt
+            engine = engine if engine is not None else Engine(directory, engine_options)
+        elif engine is None:
             # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
             # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
             with ThreadPoolExecutor(1, thread_name_prefix="w2v-decoder-load") as pool:
