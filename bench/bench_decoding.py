@@ -40,6 +40,11 @@ import numpy as np
 
 CACHE = Path(tempfile.gettempdir()) / "w2v-bench-decoding-v1"
 PIECE_S = 0.16
+# flashlight-text's operating point, chosen on 30 of these utterances: the LM weight (on log10
+# KenLM scores) where its WER meets the search's, the tightest token/threshold pruning that kept it
+# (threshold 25 / all 30 tokens per frame: same WER at 13x the CPU; LM weight alpha x ln 10 =
+# 1.15: WER 12.2%).
+FLASHLIGHT = {"lm_weight": 2.3, "beam_threshold": 10.0, "beam_size_token": 4}
 P95_GOAL_MS = 500.0
 
 
@@ -120,8 +125,16 @@ def bench_batch(engine, rows, audio, model_opts) -> dict:
                                            token_min_logp=-5.0)[0][0].split())
 
     out = {"audio_s": round(seconds, 1), "utterances": len(lps)}
-    for name, fn in (("search", lambda lp: beam.decode(lp).text), ("pyctcdecode", stock_text),
-                     ("greedy", lambda lp: greedy.decode(lp).text)):
+    deciders = [("search", lambda lp: beam.decode(lp).text), ("pyctcdecode", stock_text),
+                ("greedy", lambda lp: greedy.decode(lp).text)]
+    try:
+        fl_decode, _, fl_build = _flashlight(vocab, model_opts)
+        deciders.append(("flashlight", fl_decode))
+        out["flashlight_build"] = {"cpu_s": round(fl_build[0], 3), "rss_mb": round(fl_build[1], 1)}
+        print(f"flashlight-text: lexicon trie + LM built in {fl_build[0]:.2f} CPU-s, +{fl_build[1]:.0f} MB", flush=True)
+    except ImportError:
+        print("flashlight-text is not installed: left out", flush=True)
+    for name, fn in deciders:
         cpu = []
         for _ in range(3):
             t = time.process_time()
@@ -132,6 +145,62 @@ def bench_batch(engine, rows, audio, model_opts) -> dict:
         print(f"batch {name:>12}: {out[name]['cpu_s_per_audio_s']:.5f} CPU-s per audio s, "
               f"WER {out[name]['wer']:.2%}, 10 s of silence -> {out[name]['silence_10s']!r}", flush=True)
     return out, lps
+
+
+def _flashlight(vocab, options):
+    """flashlight-text's LexiconDecoder (the C++ decoder torchaudio wraps) over the same KenLM and
+    word list: lexicon trie of the LM's words spelled in the model's characters, word score
+    beta, words outside the lexicon refused, best-alignment merging, ``FLASHLIGHT`` settings.
+    Returns (decode, stream, (build CPU-s, +MB))."""
+    from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
+                                             Trie)
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    from w2v_serve.lm import read_unigrams, unigrams_path_for
+
+    r0, t = _rss_mb(), time.process_time()
+    labels = [f"#{i}" if i in (vocab.blank_id,) else tok for i, tok in enumerate(vocab.tokens)]
+    tokens = Dictionary(labels)
+    chars = set(vocab.tokens)
+    lexicon = {w: list(w) for w in sorted(read_unigrams(unigrams_path_for(options.lm))) if set(w) <= chars}
+    words = Dictionary(list(lexicon) + ["<unk>"])
+    lm = KenLM(options.lm, words)
+    delim = vocab.word_delimiter_id
+    trie = Trie(len(labels), delim)
+    start = lm.start(False)
+    for w, spelling in lexicon.items():
+        idx = words.get_index(w)
+        _, score = lm.score(start, idx)
+        trie.insert([tokens.get_index(c) for c in spelling], idx, score)
+    trie.smear(SmearingMode.MAX)
+    opts = LexiconDecoderOptions(beam_size=options.beam_width, unk_score=float("-inf"), sil_score=0.0,
+                                 log_add=False, criterion_type=CriterionType.CTC, word_score=options.beta,
+                                 **FLASHLIGHT)
+    decoder = LexiconDecoder(opts, trie, lm, delim, vocab.blank_id, words.get_index("<unk>"), [], False)
+    build = (time.process_time() - t, _rss_mb() - r0)
+    tail = np.full((1, len(labels)), -30.0, np.float32)
+    tail[0, delim] = 0.0          # the model emits no delimiter after the last word: one frame of it
+
+    def text(hyp) -> str:
+        return " ".join(words.get_entry(i) for i in hyp.words if i >= 0)
+
+    def decode(lp: np.ndarray) -> str:
+        e = np.ascontiguousarray(np.concatenate([lp, tail]), dtype=np.float32)
+        return text(decoder.decode(e.ctypes.data, e.shape[0], e.shape[1])[0])
+
+    def stream(lp: np.ndarray, chunk: int) -> str:
+        decoder.decode_begin()
+        for k in range(0, len(lp), chunk):
+            e = np.ascontiguousarray(lp[k:k + chunk], dtype=np.float32)
+            decoder.decode_step(e.ctypes.data, e.shape[0], e.shape[1])
+            text(decoder.get_best_hypothesis())
+        e = np.ascontiguousarray(tail)
+        decoder.decode_step(e.ctypes.data, 1, e.shape[1])
+        decoder.decode_end()
+        return text(decoder.get_all_final_hypothesis()[0])
+
+    return decode, stream, build
 
 
 def bench_streaming_decode(engine, lps, model_opts, chunk_frames: int = 32) -> dict:
@@ -155,11 +224,21 @@ def bench_streaming_decode(engine, lps, model_opts, chunk_frames: int = 32) -> d
             text = dec.decode(lp[:k]).text
         same += text == final
     redecode = time.process_time() - t
+    fl = None
+    try:
+        _, fl_stream, _ = _flashlight(engine.model.vocab, model_opts)
+        t = time.process_time()
+        for lp in lps:
+            fl_stream(lp, chunk_frames)
+        fl = round((time.process_time() - t) / seconds, 5)
+    except ImportError:
+        pass
     out = {"chunk_ms": chunk_frames * 20, "incremental_cpu_s_per_audio_s": round(incremental / seconds, 5),
+           "flashlight_incremental_cpu_s_per_audio_s": fl,
            "redecode_cpu_s_per_audio_s": round(redecode / seconds, 5),
            "finals_equal_to_offline_decode": f"{same}/{len(lps)}"}
     print(f"streaming decode ({out['chunk_ms']} ms chunks): incremental {out['incremental_cpu_s_per_audio_s']:.5f}, "
-          f"re-decode per chunk {out['redecode_cpu_s_per_audio_s']:.5f} CPU-s per audio s; "
+          f"re-decode per chunk {out['redecode_cpu_s_per_audio_s']:.5f}, flashlight-text incremental {fl} CPU-s per audio s; "
           f"finals equal: {out['finals_equal_to_offline_decode']}", flush=True)
     return out
 
@@ -323,7 +402,7 @@ def main(argv=None) -> dict:
     opts = options_for_model(model_dir)
     engine = Engine(model_dir)
     rows, audio = _corpus(12 if args.quick else 40)
-    result: dict = {"w2v": version(), "pyctcdecode": pyctcdecode.__version__ if hasattr(pyctcdecode, "__version__") else "0.5.0",
+    result: dict = {"w2v": version(), "flashlight_settings": FLASHLIGHT, "pyctcdecode": pyctcdecode.__version__ if hasattr(pyctcdecode, "__version__") else "0.5.0",
                     "decoder": {"method": opts.method, "beam_width": opts.beam_width, "alpha": opts.alpha, "beta": opts.beta},
                     "runtime": engine.runtime, "precision": engine.precision, "load_start": [round(x, 2) for x in load_start]}
     lps = None
@@ -335,7 +414,7 @@ def main(argv=None) -> dict:
         result["build"] = bench_build(engine.model.vocab, opts)
     if "capacity" in parts:
         result["capacity"] = bench_capacity(model_dir, opts, audio, 6.0 if args.quick else 10.0,
-                                            (2, 4, 8) if args.quick else (4, 8, 12, 16, 24, 32))
+                                            (2, 4, 8) if args.quick else (4, 8, 12, 16, 24))
     if "job" in parts:
         result["job"] = bench_job(rows, 1 if args.quick else 3)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
