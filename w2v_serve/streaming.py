@@ -156,7 +156,7 @@ class StreamingRecognizer:
         (``open_streaming_session``). A ``session_factory`` makes the sessions instead.
         ``engine``: what runs full-context finals (an ``Engine``, or anything with its
         ``log_probs``; shared with offline recognition); default: an ``Engine`` over the same
-        model, runtime and precision, opened at the first final."""
+        model, runtime and precision."""
         self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
         self.config = config
         card = self.model.card
@@ -182,7 +182,11 @@ class StreamingRecognizer:
         self._streams: dict[object, _StreamState] = {}
         self._lock = threading.Lock()
         self._engine = engine
-        self._threads = threads
+        if engine is None and config.full_context_final:   # opened now: a first final costs no start-up
+            from w2v_serve.engine import Engine, EngineOptions
+
+            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision,
+                                                            threads=threads))
 
     # ------------------------------------------------------------------ stream lifecycle
     def start(self, stream_id: object) -> None:
@@ -399,11 +403,6 @@ class StreamingRecognizer:
         s.segment_audio = [audio]
         a = s.segment_start * self.stride - s.segment_audio_start
         b = len(audio) if final_of_stream else (end_frame - 1) * self.stride + self.receptive_field - s.segment_audio_start
-        if self._engine is None:
-            from w2v_serve.engine import Engine, EngineOptions
-
-            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision,
-                                                            threads=self._threads))
         log_probs = self._engine.log_probs(audio[a:b])
         return self.decoder.decode(log_probs, frame_offset=s.segment_start, hotwords=hotwords)
 

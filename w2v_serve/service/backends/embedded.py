@@ -109,6 +109,8 @@ class EmbeddedBackend:
         self._offline_thread = ThreadPoolExecutor(1, thread_name_prefix="w2v-recognize")
         self._transcribers: dict[DecoderOptions, object] = {}
         self._engine = None
+        if stream_config.full_context_final:
+            self.engine()           # streams' finals run it: opened at start-up, not by a first final
 
     def _session(self, path: str):
         if path not in self._sessions:
