@@ -3,7 +3,7 @@ by side in one run, with the bundled model (beam 64 + its LM, the default) on es
 
 * ``batch``     - CPU seconds of decoding per audio second over the same log-probabilities
                   (the model's own on held-out voices): this search, pyctcdecode 0.5's own
-                  ``decode_beams`` over the same KenLM (what the search replaced), greedy; WER of
+                  ``decode_beams`` over the same KenLM, greedy; WER of
                   each against the sentences, and what each gives for 10 s of silence.
 * ``streaming`` - decoding CPU per audio second of a stream cut in chunks: the incremental search
                   (each chunk advances it, a partial per chunk, a final) against re-decoding the
