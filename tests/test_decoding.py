@@ -143,3 +143,117 @@ def test_segments_cut_at_word_boundaries_decode_like_the_whole():
     joined = Transcript.join(parts)
     assert joined.text == whole.text == text
     assert joined.words == whole.words
+
+
+# ---------------------------------------------------------------- silence, noise, LM weights
+def test_beam_keeps_the_best_alignment_over_uncertain_blanks():
+    """Hand-worked: 40 frames of blank 0.7 / "a" 0.3. The all-blank path (0.7^40) is the best
+    alignment; the labelling "a" sums 40 one-frame alignments and more (>= 40 x 0.3 x 0.7^39,
+    17x the empty one), which a search summing alignments prefers. The search keeps the best."""
+    p = np.full((40, len(VOCAB)), 1e-6)
+    p[:, 0], p[:, VOCAB.encode("a")[0]] = 0.7, 0.3
+    lp = np.log(p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    assert np.log(40 * 0.3 * 0.7 ** 39) > np.log(0.7 ** 40)       # the summed labelling's bound
+    out = CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=16, token_min_logp=-5.0)).decode(lp)
+    assert out.text == ""
+    # A frame where "a" is the best token is emitted.
+    lp2 = lp.copy()
+    lp2[20, 0], lp2[20, VOCAB.encode("a")[0]] = np.log(0.3), np.log(0.7)
+    assert CTCDecoder(VOCAB, DecoderOptions(method=BEAM, beam_width=16)).decode(lp2).text == "a"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from w2v_serve.engine import Engine
+    from w2v_serve.transcribe import _bundled_model
+
+    return Engine(_bundled_model())
+
+
+@pytest.fixture(scope="module")
+def quiet_log_probs(bundled):
+    rng = np.random.default_rng(0)
+    silence = np.zeros(160000, np.float32)
+    noise = (rng.standard_normal(160000) * 0.003).astype(np.float32)   # about -50 dBFS
+    return {"silence": bundled.log_probs(silence), "noise": bundled.log_probs(noise)}
+
+
+@pytest.fixture(scope="module")
+def speech_log_probs(bundled, tmp_path_factory):
+    import soundfile as sf
+
+    from tests.speech_data import espeak
+
+    tmp = tmp_path_factory.mktemp("speech")
+    out = []
+    for i, (text, voice) in enumerate([("the northern wind told old stories in the morning", "en-gb+f2"),
+                                       ("close the door after you", "en-us+m3"),
+                                       ("she sells sea shells by the sea shore", "en-029+m5")]):
+        audio, rate = sf.read(str(espeak(text, tmp / f"s{i}.wav", voice)), dtype="float32")
+        from w2v_serve.audio import resample
+        out.append(bundled.log_probs(resample(audio, rate, 16000)))
+    return out
+
+
+def _bundled_decoder(bundled, **kw):
+    from w2v_serve.decoding import options_for_model
+
+    return CTCDecoder(bundled.model.vocab, options_for_model(bundled.model.path, **kw),
+                      frame_seconds=bundled.frame_seconds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["default", "beam without LM", "alpha=beta=0"])
+def test_silence_and_noise_decode_to_nothing(bundled, quiet_log_probs, setting):
+    kw = {"default": {}, "beam without LM": dict(method=BEAM, no_lm=True),
+          "alpha=beta=0": dict(alpha=0.0, beta=0.0)}[setting]
+    decoder = _bundled_decoder(bundled, **kw)
+    assert decoder.options.method == BEAM
+    for name, lp in quiet_log_probs.items():
+        assert (lp.argmax(axis=1) == bundled.model.vocab.blank_id).all(), name   # the frames say nothing
+        out = decoder.decode(lp)
+        assert out.text == "" and out.words == (), (name, out.text)
+
+
+@pytest.mark.slow
+def test_zero_lm_weights_equal_no_lm(bundled, speech_log_probs):
+    zero, none = _bundled_decoder(bundled, alpha=0.0, beta=0.0), _bundled_decoder(bundled, method=BEAM, no_lm=True)
+    with_lm = _bundled_decoder(bundled)
+    assert zero.options.lm is not None and none.options.lm is None
+    for lp in speech_log_probs:
+        a, b = zero.decode(lp), none.decode(lp)
+        assert a.text and a.text == b.text and a.words == b.words
+        assert abs(a.score - b.score) < 1e-6
+    assert any(with_lm.decode(lp).text != none.decode(lp).text for lp in speech_log_probs)   # the LM matters
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["default", "greedy", "hotwords"])
+def test_blocks_decode_like_the_whole(bundled, speech_log_probs, setting):
+    """A sequence advanced block by block (a stream) ends with the transcript of one decode."""
+    decoder = _bundled_decoder(bundled, method="greedy") if setting == "greedy" else _bundled_decoder(bundled)
+    hotwords = ["northern", "shore"] if setting == "hotwords" else None
+    rng = np.random.default_rng(1)
+    for lp in speech_log_probs:
+        whole = decoder.decode(lp, frame_offset=7, hotwords=hotwords)
+        state = decoder.begin(frame_offset=7, hotwords=hotwords)
+        t, partials = 0, []
+        while t < len(lp):
+            n = int(rng.integers(1, 40))
+            decoder.advance(state, lp[t:t + n])
+            partials.append(decoder.partial(state))
+            t += n
+        final = decoder.finish(state)
+        assert final == whole
+        assert partials[-1].text.split()[:-1] == whole.text.split()[:-1] or setting == "greedy" and partials[-1] == whole
+
+
+@pytest.mark.slow
+def test_per_call_lm_weights_equal_a_decoder_built_with_them_and_share_the_lm(bundled, speech_log_probs):
+    default = _bundled_decoder(bundled)
+    other = _bundled_decoder(bundled, alpha=1.2, beta=0.0)
+    assert default._beam.language_model._kenlm_model is other._beam.language_model._kenlm_model   # loaded once
+    for lp in speech_log_probs:
+        assert default.decode(lp, alpha=1.2, beta=0.0) == other.decode(lp)
+        assert default.decode(lp, alpha=0.0, beta=0.0).text == _bundled_decoder(bundled, method=BEAM, no_lm=True).decode(lp).text
+    assert (default._beam.language_model.alpha, default._beam.language_model.beta) == (0.5, 1.0)   # untouched

@@ -106,11 +106,13 @@ def test_state_is_bounded_on_a_long_stream():
     for k in range(120):  # 60 s of audio in 0.5 s pieces
         rec.accept("long", (0.1 * rng.standard_normal(8000)).astype(np.float32))
         st = rec._streams["long"]
-        sizes.append((len(st.audio), 0 if st.features is None else len(st.features), len(st.segment)))
+        sizes.append((len(st.audio), 0 if st.features is None else len(st.features), st.segment_frames,
+                      sum(len(a) for a in st.segment_audio)))
     window = cfg.left_frames + cfg.chunk_frames + cfg.right_frames
     assert max(s[1] for s in sizes) <= window + 25        # conv feature cache: one window (+ a piece)
     assert max(s[0] for s in sizes) <= (window + 25) * 320 + 400
     assert max(s[2] for s in sizes) <= cfg.max_segment_frames
+    assert max(s[3] for s in sizes) <= (cfg.max_segment_frames + 25) * 320 + 400   # full-context finals' audio
     assert st.frames_emitted > 2900 and st.features_start > 2800   # it did stream the whole minute
 
 

@@ -330,3 +330,15 @@ def test_decode_worker_processes_give_the_transcripts_of_decoding_in_process(lon
         again = t.transcribe_batch(inputs)
         assert t._decode_pool is None
         assert [r.to_dict() for r in again] == [r.to_dict() for r in here]
+
+
+def test_decode_workers_only_where_they_pay():
+    from w2v_serve.transcribe import auto_decode_workers
+
+    beam, greedy = DecoderOptions(method=BEAM), DecoderOptions()
+    assert auto_decode_workers(beam, 3600, cores=16, model_on_gpu=False) == 0      # the model holds the cores
+    assert auto_decode_workers(greedy, 3600, cores=16, model_on_gpu=True) == 0
+    assert auto_decode_workers(beam, 60, cores=16, model_on_gpu=True) == 0          # too little audio
+    assert auto_decode_workers(beam, 600, cores=16, model_on_gpu=True) == 5
+    assert auto_decode_workers(beam, 36000, cores=4, model_on_gpu=True) == 3
+    assert auto_decode_workers(beam, 36000, cores=64, model_on_gpu=True) == 8

@@ -20,16 +20,17 @@ Kept free of batching and file concerns so the streaming service can reuse it se
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from w2v_serve.beam_search import BeamSearch, Hypothesis, SearchState, make_language_model, with_weights
 from w2v_serve.hotwords import hotwords_problem
 from w2v_serve.vocab import Vocabulary
 
@@ -158,6 +159,22 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
                           **{k: v for k, v in rest.items() if v is not None})
 
 
+@dataclass
+class DecodeState:
+    """A sequence being decoded block by block (``CTCDecoder.begin``): its frames so far (for
+    greedy decoding and word confidences) and the beam search's state."""
+
+    frame_offset: int
+    search: Optional[SearchState]
+    rows: list = field(default_factory=list)
+    confidences: dict = field(default_factory=dict)
+
+    def log_probs(self) -> np.ndarray:
+        if len(self.rows) > 1:
+            self.rows = [np.concatenate(self.rows)]
+        return self.rows[0]
+
+
 class CTCDecoder:
     """Greedy or beam-search CTC decoding over one vocabulary.
 
@@ -183,21 +200,63 @@ class CTCDecoder:
 
     # ------------------------------------------------------------------ public
     def decode(self, log_probs: np.ndarray, *, frame_offset: int = 0,
-               hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None) -> Transcript:
+               hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None,
+               alpha: Optional[float] = None, beta: Optional[float] = None) -> Transcript:
         """Decode one [frames, vocab] log-probability matrix.
 
-        ``hotwords``/``hotword_weight`` override the options' for this call (beam only).
-        ``frame_offset`` shifts word times (a segment that starts later in the recording).
+        ``hotwords``/``hotword_weight`` and the LM weights ``alpha``/``beta`` override the
+        options' for this call (beam only; the loaded LM is shared, so they cost nothing to
+        change). ``frame_offset`` shifts word times (a segment that starts later in the recording).
         """
         log_probs = self._check(log_probs)
         if log_probs.shape[0] == 0:
             return Transcript("")
+        state = self.begin(hotwords=hotwords, hotword_weight=hotword_weight, frame_offset=frame_offset,
+                           alpha=alpha, beta=beta)
+        self.advance(state, log_probs)
+        return self.finish(state)
+
+    def begin(self, *, hotwords: Optional[Iterable[str]] = None, hotword_weight: Optional[float] = None,
+              frame_offset: int = 0, alpha: Optional[float] = None, beta: Optional[float] = None) -> "DecodeState":
+        """Start decoding a sequence whose frames arrive in blocks (a stream's segment).
+
+        ``advance`` each block in order, read ``partial`` at any time, and ``finish`` once: the
+        result equals ``decode`` of the blocks' concatenation (the search's steps are per frame)."""
         if self._beam is None:
             decoder_method(GREEDY, hotwords or ())
-            return self._greedy(log_probs, frame_offset)
-        return self._beam_search(log_probs, frame_offset,
-                                 self.options.hotwords if hotwords is None else tuple(hotwords),
-                                 self.options.hotword_weight if hotword_weight is None else hotword_weight)
+            return DecodeState(frame_offset, None)
+        words = self.options.hotwords if hotwords is None else tuple(hotwords)
+        weight = self.options.hotword_weight if hotword_weight is None else hotword_weight
+        weights = None
+        if alpha is not None or beta is not None:
+            weights = (self.options.alpha if alpha is None else alpha, self.options.beta if beta is None else beta)
+        return DecodeState(frame_offset, self._beam.start(words, weight, weights))
+
+    def advance(self, state: "DecodeState", log_probs: np.ndarray) -> None:
+        """Extend a sequence by the next block of frames."""
+        log_probs = self._check(log_probs)
+        if not len(log_probs):
+            return
+        state.rows.append(log_probs)
+        if state.search is not None:
+            self._beam.advance(state.search, log_probs)
+
+    def partial(self, state: "DecodeState") -> Transcript:
+        """The best hypothesis so far (beam: the search's current best, its last word maybe
+        unfinished; greedy: the best path so far)."""
+        if not state.rows:
+            return Transcript("")
+        if state.search is None:
+            return self._greedy(state.log_probs(), state.frame_offset)
+        return self._transcript(self._beam.best(state.search), state)
+
+    def finish(self, state: "DecodeState") -> Transcript:
+        """The sequence's final transcript."""
+        if not state.rows:
+            return Transcript("")
+        if state.search is None:
+            return self._greedy(state.log_probs(), state.frame_offset)
+        return self._transcript(self._beam.finish(state.search)[0], state)
 
     def decode_nbest(self, log_probs: np.ndarray, n: int, *, frame_offset: int = 0,
                      hotwords: Optional[Iterable[str]] = None,
@@ -208,9 +267,16 @@ class CTCDecoder:
         if self._beam is None or n <= 1 or log_probs.shape[0] == 0:
             return [self.decode(log_probs, frame_offset=frame_offset, hotwords=hotwords,
                                 hotword_weight=hotword_weight)]
-        return self._beam_search(log_probs, frame_offset,
-                                 self.options.hotwords if hotwords is None else tuple(hotwords),
-                                 self.options.hotword_weight if hotword_weight is None else hotword_weight, n=n)
+        state = self.begin(hotwords=hotwords, hotword_weight=hotword_weight, frame_offset=frame_offset)
+        self.advance(state, log_probs)
+        out: list[Transcript] = []
+        for hyp in self._beam.finish(state.search):
+            t = self._transcript(hyp, state)
+            if all(t.text != o.text for o in out):
+                out.append(t)
+            if len(out) == n:
+                break
+        return out
 
     # ------------------------------------------------------------------ greedy
     def _greedy(self, log_probs: np.ndarray, frame_offset: int) -> Transcript:
@@ -244,62 +310,21 @@ class CTCDecoder:
         return Transcript(" ".join(w.word for w in words), tuple(words), float(best_logp.sum()))
 
     # ------------------------------------------------------------------ beam
-    def _beam_search(self, log_probs: np.ndarray, frame_offset: int, hotwords: tuple[str, ...],
-                     hotword_weight: float, n: Optional[int] = None):
-        """The best beam's Transcript; with ``n``, a list of the best ``n`` with distinct texts."""
-        keep = self._beam_frames(log_probs)
-        beams = self._beam.decode_beams(
-            log_probs[keep], beam_width=self.options.beam_width, beam_prune_logp=self.options.beam_prune_logp,
-            token_min_logp=self.options.token_min_logp, hotwords=list(hotwords) or None,
-            hotword_weight=hotword_weight,
-        )
-        if n is None:
-            return self._beam_transcript(beams[0], keep, log_probs, frame_offset)
-        out: list[Transcript] = []
-        for beam in beams:
-            t = self._beam_transcript(beam, keep, log_probs, frame_offset)
-            if all(t.text != o.text for o in out):
-                out.append(t)
-            if len(out) == n:
-                break
-        return out
-
-    def _beam_transcript(self, beam, keep: np.ndarray, log_probs: np.ndarray, frame_offset: int) -> Transcript:
-        _text, _lm_state, word_frames, _logit_score, combined = beam
-        clipped = np.maximum(log_probs, _MIN_LOGP)
+    def _transcript(self, hyp: Hypothesis, state: "DecodeState") -> Transcript:
+        log_probs = state.log_probs()
         words = []
-        for label_word, (start, end) in word_frames:
-            start, end = int(keep[start]), int(keep[end - 1]) + 1      # back to the recording's frames
+        for label_word, (start, end) in hyp.words:
             text = _SPECIAL_LABEL.sub("", label_word)
             if not text:
                 continue
-            ids = self._label_ids(label_word)
-            conf = alignment_confidence(clipped[start:end], ids, self.vocab.blank_id)
-            words.append(self._word(text, start, end, conf, frame_offset))
-        # The dropped frames' blank log-probs, which every beam would have gained alike.
-        dropped = np.ones(len(log_probs), bool)
-        dropped[keep] = False
-        combined = float(combined) + float(log_probs[dropped, self.vocab.blank_id].sum())
-        return Transcript(" ".join(w.word for w in words), tuple(words), combined)
-
-    def _beam_frames(self, log_probs: np.ndarray) -> np.ndarray:
-        """Indices of the frames the beam search needs: all but the 2nd.. of each run of *inert*
-        frames, where blank is the best token and every other token is below ``token_min_logp``.
-
-        In an inert frame pyctcdecode extends every beam by blank alone, adding the same log-prob
-        to every beam: the first frame of a run turns each beam's last token into blank, the
-        others change no beam's text, word frames or ranking (merging, pruning and trimming see
-        the same scores shifted alike). Dropping them gives the same beams, with word frames
-        mapped back through these indices; about half the frames of a trained model's output on
-        speech are such runs, and the search's cost is per frame (~0.3 ms)."""
-        blank = self.vocab.blank_id
-        others = log_probs.copy()
-        others[:, blank] = -np.inf
-        inert = (log_probs.argmax(axis=1) == blank) & (others.max(axis=1) < self.options.token_min_logp)
-        repeat = inert.copy()
-        repeat[1:] &= inert[:-1]
-        repeat[0] = False
-        return np.flatnonzero(~repeat)
+            key = (label_word, start, end)
+            conf = state.confidences.get(key)
+            if conf is None:
+                conf = alignment_confidence(np.maximum(log_probs[start:end], _MIN_LOGP), self._label_ids(label_word),
+                                            self.vocab.blank_id)
+                state.confidences[key] = conf
+            words.append(self._word(text, start, end, conf, state.frame_offset))
+        return Transcript(" ".join(w.word for w in words), tuple(words), float(hyp.score))
 
     def _label_ids(self, label_word: str) -> list[int]:
         ids, pos = [], 0
@@ -351,60 +376,59 @@ def alignment_confidence(log_probs: np.ndarray, ids: Sequence[int], blank: int =
     return float(np.exp(final / n_frames)) if np.isfinite(final) else 0.0
 
 
-def _build_beam_decoder(labels: list[str], options: DecoderOptions):
+def _build_beam_decoder(labels: list[str], options: DecoderOptions) -> BeamSearch:
     # pyctcdecode logs a warning per call for tiny unigram lists and ARPA loading; keep stderr clean.
     logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
-    from pyctcdecode import build_ctcdecoder
-
+    search = dict(beam_width=options.beam_width, beam_prune_logp=options.beam_prune_logp,
+                  token_min_logp=options.token_min_logp)
     if options.lm is None:
-        return build_ctcdecoder(labels)
+        return BeamSearch(labels, None, **search)
     lm_path = Path(options.lm)
     if not lm_path.is_file():
         raise DecoderError(f"{lm_path}: no such language model file")
     try:
-        import kenlm
+        import kenlm  # noqa: F401  (loaded by _loaded_lm)
     except ImportError as e:
         raise DecoderError("a language model needs the 'kenlm' package: pip install 'w2v[lm]'") from e
-    from w2v_serve.lm import read_unigrams, unigrams_path_for
+    from w2v_serve.lm import unigrams_path_for
 
     unigrams_file = Path(options.unigrams) if options.unigrams else unigrams_path_for(lm_path)
-    if unigrams_file.is_file():
-        unigrams = read_unigrams(unigrams_file)
-    elif _is_arpa(lm_path):
-        unigrams = read_unigrams(lm_path)
-    else:
+    if not unigrams_file.is_file() and not _is_arpa(lm_path):
         raise DecoderError(f"{lm_path}: a binary LM needs its unigram list ({unigrams_file} not found; "
                            "pass unigrams=... / --unigrams FILE)")
-    try:
-        config = kenlm.Config()
-        config.show_progress = False    # KenLM draws a loading bar on stderr otherwise
-        config.arpa_complain = kenlm.ARPALoadComplain.NONE     # "faster if you build a binary file"
-        model = kenlm.Model(str(lm_path), config)
-    except (OSError, RuntimeError) as e:
-        raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e
-    from pyctcdecode import Alphabet, BeamSearchDecoderCTC, LanguageModel
-
-    from pyctcdecode.language_model import _prepare_unigram_set
-
-    # pyctcdecode would index the unigrams in a pygtrie.CharTrie (5 s of start-up for the default
-    # model's 104k words); the beam search only asks it whether a partial word is a prefix of a
-    # known word, which a sorted list answers as well (built in ~50 ms).
-    language_model = LanguageModel(model, None, alpha=options.alpha, beta=options.beta)
-    language_model._unigram_set = _prepare_unigram_set(sorted(unigrams), model)
-    language_model._char_trie = PrefixIndex(language_model._unigram_set)
-    return BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), language_model)
+    return BeamSearch(labels, with_weights(_loaded_lm(lm_path, unigrams_file), options.alpha, options.beta), **search)
 
 
-class PrefixIndex:
-    """``pygtrie.CharTrie.has_node`` over a fixed word set: nonzero when ``prefix`` begins (or is)
-    one of the words, 0 otherwise; the one trie query pyctcdecode's LanguageModel makes."""
+_LOADED: dict = {}
+_LOADED_LOCK = threading.Lock()
 
-    def __init__(self, words) -> None:
-        self._words = sorted(words)
 
-    def has_node(self, prefix: str) -> int:
-        i = bisect.bisect_left(self._words, prefix)
-        return int(i < len(self._words) and self._words[i].startswith(prefix))
+def _file_key(path: Path) -> tuple:
+    st = path.stat() if path.is_file() else None
+    return (str(path.resolve()), st.st_mtime_ns if st else None, st.st_size if st else None)
+
+
+def _loaded_lm(lm_path: Path, unigrams_file: Path):
+    """The LM of a file, loaded once per process (and inherited by forked decode workers):
+    decoders with other weights, beam widths or hotwords share it. A changed file is reloaded."""
+    key = (_file_key(lm_path), _file_key(unigrams_file))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            import kenlm
+            from w2v_serve.lm import read_unigrams
+
+            unigrams = read_unigrams(unigrams_file if unigrams_file.is_file() else lm_path)
+            try:
+                config = kenlm.Config()
+                config.show_progress = False    # KenLM draws a loading bar on stderr otherwise
+                config.arpa_complain = kenlm.ARPALoadComplain.NONE     # "faster if you build a binary file"
+                model = kenlm.Model(str(lm_path), config)
+            except (OSError, RuntimeError) as e:
+                raise DecoderError(f"{lm_path}: cannot load language model ({e})") from e
+            for stale in [k for k in _LOADED if k[0][0] == key[0][0]]:
+                del _LOADED[stale]
+            _LOADED[key] = make_language_model(model, unigrams, DEFAULT_ALPHA, DEFAULT_BETA)
+        return _LOADED[key]
 
 
 def _is_arpa(path: Path) -> bool:

@@ -14,10 +14,22 @@ first block, or per-utterance input normalization) the encoder is rerun over eac
 audio, which normalizes over the window instead of the utterance. Either way the work per chunk
 is bounded by the window, not by the stream's length.
 
-Decoding keeps its state per *segment*: the log-probabilities since the last end point. Every
-chunk yields a partial (the segment decoded so far); a run of pause frames (blank or word
-delimiter, ``endpoint_ms``) after speech, a segment reaching ``max_segment_s``, or the end of the stream
-yield a final, and the next segment starts. Word times are relative to the stream's start.
+Decoding keeps its state per *segment* (the frames since the last end point) in one
+incremental search (``CTCDecoder.begin`` / ``advance``): each chunk advances it by the chunk's
+frames only, and the partial is its current best hypothesis. A run of pause frames (blank or
+word delimiter, ``endpoint_ms``) after speech, a segment reaching ``max_segment_s``, or the end
+of the stream end the segment with a final, and the next segment starts. Word times are
+relative to the stream's start.
+
+Finals come from a second, full-context pass (``StreamingConfig.full_context_final``, on by
+default): the segment's audio is run through the whole model (``model.onnx``, as offline
+transcription runs it) and decoded with the same decoder, so a final is the offline transcript
+of that audio. A stream that is one segment (no pause of ``endpoint_ms`` before its end, at most
+``max_segment_s`` long) ends with exactly the transcript ``w2v transcribe`` gives its audio;
+longer streams with pauses are the offline transcripts of their pause-separated pieces. With
+the second pass off, a final is the end of the incremental search over the streamed
+log-probabilities (equal to decoding them offline in one call), and the window context can
+change words against the offline transcript.
 
 Algorithmic latency = chunk + right context (a frame is emitted once its look-ahead arrived).
 """
@@ -31,7 +43,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript
+from w2v_serve.decoding import CTCDecoder, DecodeState, DecoderOptions, Transcript
 from w2v_serve.engine import choose_runtime_and_precision, graph_variant, inference_precision
 from w2v_serve.model_dir import ENCODER_GRAPH, TRANSFORMER_GRAPH, ModelDirectory
 from w2v_serve.sessions import AUTO, STREAMING_PROVIDERS, open_session
@@ -52,6 +64,7 @@ class StreamingConfig:
     right_context_ms: int = 320
     endpoint_ms: int = 600          # blank run after speech that ends a segment
     max_segment_s: float = 30.0     # a segment that long is finalized anyway
+    full_context_final: bool = True # finals from the whole model over the segment's audio
 
     def __post_init__(self) -> None:
         if self.chunk_ms < FRAME_MS:
@@ -118,8 +131,11 @@ class _StreamState:
     features: Optional[np.ndarray] = None   # cached conv features [n, C] (exact mode)
     features_start: int = 0         # absolute frame index of features[0]
     frames_emitted: int = 0         # logits frames emitted so far
-    segment: list = field(default_factory=list)   # log-prob rows of the open segment
+    decode: Optional[DecodeState] = None   # the open segment's search (None: not begun)
+    segment_frames: int = 0         # frames in the open segment
     segment_start: int = 0          # absolute frame index of the open segment
+    segment_audio: list = field(default_factory=list)   # its samples (full-context finals only)
+    segment_audio_start: int = 0    # absolute sample index of segment_audio's first sample
     speech_seen: bool = False       # a non-blank frame in the open segment
     blank_run: int = 0              # trailing blank frames in the open segment
     ended: bool = False
@@ -132,12 +148,15 @@ class StreamingRecognizer:
     def __init__(self, model: ModelDirectory | str, config: StreamingConfig = StreamingConfig(),
                  decoder_options: DecoderOptions = DecoderOptions(),
                  session_factory: Optional[Callable[[str], object]] = None, runtime: str = AUTO,
-                 threads: int = 0, precision: str = AUTO) -> None:
+                 threads: int = 0, precision: str = AUTO, engine=None) -> None:
         """runtime, precision: as the Engine's (``engine.choose_runtime_and_precision``; auto:
         the model's measured fastest on this CPU, as offline transcription picks it, so that a
         stream's final transcript matches it); the precision picks the graph variant of the
         encoder and transformer graphs. threads: of the sessions this recognizer opens
-        (``open_streaming_session``). A ``session_factory`` makes the sessions instead."""
+        (``open_streaming_session``). A ``session_factory`` makes the sessions instead.
+        ``engine``: what runs full-context finals (an ``Engine``, or anything with its
+        ``log_probs``; shared with offline recognition); default: an ``Engine`` over the same
+        model, runtime and precision."""
         self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
         self.config = config
         card = self.model.card
@@ -162,6 +181,12 @@ class StreamingRecognizer:
         self._pause_ids = {vocab.blank_id} | ({vocab.word_delimiter_id} if vocab.word_delimiter_id is not None else set())
         self._streams: dict[object, _StreamState] = {}
         self._lock = threading.Lock()
+        self._engine = engine
+        if engine is None and config.full_context_final:   # opened now: a first final costs no start-up
+            from w2v_serve.engine import Engine, EngineOptions
+
+            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision,
+                                                            threads=threads))
 
     # ------------------------------------------------------------------ stream lifecycle
     def start(self, stream_id: object) -> None:
@@ -233,6 +258,8 @@ class StreamingRecognizer:
         for stream_id, audio, end in items:
             state = self._state(stream_id)
             state.audio = np.concatenate([state.audio, audio])
+            if self.config.full_context_final and audio.size:
+                state.segment_audio.append(audio)
             state.samples += audio.size
             state.ended = end
             state.last_used = time.monotonic()
@@ -332,39 +359,72 @@ class StreamingRecognizer:
 
     # ------------------------------------------------------------------ decoding
     def _decode_chunk(self, s: _StreamState, log_probs: np.ndarray, hotwords, partials: bool) -> list[StreamResult]:
+        """Advance the open segment's search over a chunk, ending segments at end points."""
         results = []
         best = log_probs.argmax(axis=1)
-        for t, row in enumerate(log_probs):
-            s.segment.append(row)
+        done = 0                    # rows of the chunk already given to a search
+        # Finals from the second pass and no partials asked: the first pass's search has no use.
+        search = partials or not self.config.full_context_final
+        for t in range(len(log_probs)):
             if best[t] in self._pause_ids:
                 s.blank_run += 1
             else:
                 s.speech_seen, s.blank_run = True, 0
-            seg_len = len(s.segment)
-            if (s.speech_seen and s.blank_run >= self.config.endpoint_frames) or seg_len >= self.config.max_segment_frames:
+            s.segment_frames += 1
+            if (s.speech_seen and s.blank_run >= self.config.endpoint_frames) or \
+                    s.segment_frames >= self.config.max_segment_frames:
+                if search:
+                    self._advance(s, log_probs[done:t + 1], hotwords)
+                done = t + 1
                 results.extend(self._finalize(s, hotwords, final_of_stream=False))
-        if partials and s.segment and s.speech_seen:
-            tr = self._decode_segment(s, hotwords)
-            settled = max(0, len(s.segment) - self.config.chunk_frames)
+        if search:
+            self._advance(s, log_probs[done:], hotwords)
+        if partials and s.decode is not None and s.speech_seen:
+            tr = self.decoder.partial(s.decode)
+            settled = max(0, s.segment_frames - self.config.chunk_frames)
             results.append(StreamResult(False, tr, s.segment_start * self._frame_s,
-                                        s.frames_emitted * self._frame_s, settled / max(1, len(s.segment))))
+                                        s.frames_emitted * self._frame_s, settled / max(1, s.segment_frames)))
         return results
+
+    def _advance(self, s: _StreamState, rows: np.ndarray, hotwords) -> None:
+        if not len(rows):
+            return
+        if s.decode is None:
+            s.decode = self.decoder.begin(hotwords=hotwords, frame_offset=s.segment_start)
+        self.decoder.advance(s.decode, rows)
 
     @property
     def _frame_s(self) -> float:
         return self.model.card.frame_seconds
 
-    def _decode_segment(self, s: _StreamState, hotwords) -> Transcript:
-        return self.decoder.decode(np.stack(s.segment), frame_offset=s.segment_start, hotwords=hotwords)
+    def _full_context(self, s: _StreamState, end_frame: int, final_of_stream: bool, hotwords) -> Transcript:
+        """The segment's audio through the whole model, decoded like an offline recording."""
+        audio = np.concatenate(s.segment_audio) if s.segment_audio else np.zeros(0, np.float32)
+        s.segment_audio = [audio]
+        a = s.segment_start * self.stride - s.segment_audio_start
+        b = len(audio) if final_of_stream else (end_frame - 1) * self.stride + self.receptive_field - s.segment_audio_start
+        log_probs = self._engine.log_probs(audio[a:b])
+        return self.decoder.decode(log_probs, frame_offset=s.segment_start, hotwords=hotwords)
 
     def _finalize(self, s: _StreamState, hotwords, final_of_stream: bool) -> list[StreamResult]:
         out = []
-        if s.segment and s.speech_seen:
-            tr = self._decode_segment(s, hotwords)
-            end = s.segment_start + len(s.segment)
+        end = s.segment_start + s.segment_frames
+        if s.segment_frames and s.speech_seen:
+            if self.config.full_context_final:
+                tr = self._full_context(s, end, final_of_stream, hotwords)
+            elif s.decode is not None:
+                tr = self.decoder.finish(s.decode)
+            else:
+                tr = Transcript("")
             out.append(StreamResult(True, tr, s.segment_start * self._frame_s, end * self._frame_s, 1.0))
-        s.segment_start += len(s.segment)
-        s.segment, s.speech_seen, s.blank_run = [], False, 0
+        s.segment_start = end
+        s.decode, s.segment_frames, s.speech_seen, s.blank_run = None, 0, False, 0
+        if self.config.full_context_final and not final_of_stream:
+            # The next segment's audio starts at its first frame.
+            audio = np.concatenate(s.segment_audio) if s.segment_audio else np.zeros(0, np.float32)
+            drop = max(0, min(len(audio), end * self.stride - s.segment_audio_start))
+            s.segment_audio = [audio[drop:]]
+            s.segment_audio_start += drop
         if final_of_stream and not out:  # the end of a stream always gets a final, maybe empty
             out.append(StreamResult(True, Transcript(""), s.segment_start * self._frame_s,
                                     s.segment_start * self._frame_s, 1.0))

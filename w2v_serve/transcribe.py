@@ -98,11 +98,17 @@ class Transcriber:
             directory = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
         else:
             directory = engine.model
-        # Forked first, before this process starts the runtime's threads (see DecodePool).
+        # Forked first, before this process starts the runtime's threads (see DecodePool), and
+        # after the decoder is built: the workers inherit the loaded LM instead of loading it again.
         self._decode_pool: Optional[DecodePool] = None
+        prebuilt = None
         if decode_workers > 0:
+            prebuilt = CTCDecoder(directory.vocab, decoder, frame_seconds=directory.card.frame_seconds)
             self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
-        if engine is None:
+        if prebuilt is not None:
+            self.decoder = prebuilt
+            engine = engine if engine is not None else Engine(directory, engine_options)
+        elif engine is None:
             # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
             # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
             with ThreadPoolExecutor(1, thread_name_prefix="w2v-decoder-load") as pool:
@@ -160,13 +166,21 @@ class Transcriber:
         results: dict[int, TranscriptionResult] = {}
         ok = [it for it in items if it.error is None]
         batches = [[ok[i] for i in b] for b in self.engine.plan_batches([it.samples for it in ok])]
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v-load") as loader:
-            # Load (decode, resample) the next batch while the model runs on this one.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v-load") as loader, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v-decode",
+                                   initializer=_lower_thread_priority) as decoder:
+            # Load (decode, resample) the next batch while the model runs on this one; decode
+            # each batch on a thread of low priority while the model runs on the next (the
+            # runtimes release the GIL while they run), unless decode workers do it.
             future = loader.submit(self._load_batch, batches[0], sample_rate) if batches else None
+            decoding = []
             for b, batch in enumerate(batches):
                 loaded = future.result()
                 future = loader.submit(self._load_batch, batches[b + 1], sample_rate) if b + 1 < len(batches) else None
-                for item, result in zip(batch, self._run_batch(loaded, hotwords)):
+                done = self._run_batch(loaded, hotwords, decoder if self._decode_pool is None else None)
+                decoding.append((batch, done))
+            for batch, done in decoding:
+                for item, result in zip(batch, done()):
                     results[item.index] = result
         for item in items:
             if item.index not in results and item.error is None:     # long: windows, streamed
@@ -203,7 +217,10 @@ class Transcriber:
                     item.error = _error_text(item, e)
         return batch
 
-    def _run_batch(self, batch: list[_Item], hotwords) -> list[TranscriptionResult]:
+    def _run_batch(self, batch: list[_Item], hotwords, decode_thread: Optional[ThreadPoolExecutor] = None
+                   ) -> Callable[[], list[TranscriptionResult]]:
+        """Run the model on a batch and start its decodes (on ``decode_thread`` or the decode
+        workers, if given); returns what waits for the batch's results."""
         good = [it for it in batch if it.error is None and len(it.audio) >= self.engine.receptive_field]
         try:
             log_probs = dict(zip((it.index for it in good), self.engine.infer([it.audio for it in good])))
@@ -211,25 +228,42 @@ class Transcriber:
             log_probs = {}
             for it in good:
                 it.error = f"{it.path or 'array'}: inference failed ({e})"
-        decoded = {}
-        for it in batch:             # on the worker processes, if any, all at once
-            lp = log_probs.get(it.index)
-            if it.error is None and lp is not None:
-                decoded[it.index] = self._decode(lp, 0, hotwords)
-        out = []
+        durations = {it.index: len(it.audio) / self.sample_rate for it in batch if it.error is None}
         for it in batch:
-            if it.error is not None:
-                out.append(TranscriptionResult(it.path, error=it.error))
-                continue
-            duration = len(it.audio) / self.sample_rate
             it.audio = None          # done with the samples
-            try:
-                transcript = self._finish(decoded[it.index]) if it.index in decoded else Transcript("")
-            except Exception as e:   # this input's decode failed (NaN log-probs, ...): it alone
-                out.append(TranscriptionResult(it.path, error=_error_text(it, e)))
-                continue
-            out.append(TranscriptionResult(it.path, transcript.text, transcript.words, duration))
-        return out
+
+        def decode_all() -> dict:
+            decoded = {}
+            for it in batch:         # on the worker processes, if any, all at once
+                lp = log_probs.get(it.index)
+                if it.error is None and lp is not None:
+                    try:
+                        decoded[it.index] = self._decode(lp, 0, hotwords)
+                    except Exception as e:      # raised for this input alone, below
+                        decoded[it.index] = e
+            return decoded
+
+        pending = decode_thread.submit(decode_all) if decode_thread is not None else None
+        decoded_here = decode_all() if pending is None else None
+
+        def results() -> list[TranscriptionResult]:
+            decoded = pending.result() if pending is not None else decoded_here
+            out = []
+            for it in batch:
+                if it.error is not None:
+                    out.append(TranscriptionResult(it.path, error=it.error))
+                    continue
+                try:
+                    if isinstance(decoded.get(it.index), Exception):
+                        raise decoded[it.index]
+                    transcript = self._finish(decoded[it.index]) if it.index in decoded else Transcript("")
+                except Exception as e:   # this input's decode failed (NaN log-probs, ...): it alone
+                    out.append(TranscriptionResult(it.path, error=_error_text(it, e)))
+                    continue
+                out.append(TranscriptionResult(it.path, transcript.text, transcript.words, durations[it.index]))
+            return out
+
+        return results
 
     def _decode(self, log_probs: np.ndarray, frame_offset: int, hotwords) -> "_Pending | Transcript":
         """One decode: sent to the worker processes (``_Pending``) or done here (a Transcript)."""
@@ -345,6 +379,44 @@ class Transcriber:
             add(np.concatenate(pending), offset)
         parts.extend(self._finish(d) for d in in_flight)
         return Transcript.join(parts)
+
+
+# Decode workers pay when the search, not the model, holds the job back: the model runs off the
+# CPU (a GPU) and there is enough audio to amortize forking and shipping log-probabilities. On
+# CPU runtimes the model's threads use every core and the search (~0.003 CPU-s per audio second
+# with the bundled model and its LM, bench decoding) runs on a low-priority thread beside them.
+AUTO_WORKERS_MIN_AUDIO_S = 120.0        # per worker
+MAX_AUTO_DECODE_WORKERS = 8
+
+
+def auto_decode_workers(decoder: DecoderOptions, audio_seconds: float, cores: Optional[int] = None,
+                        model_on_gpu: Optional[bool] = None) -> int:
+    """How many decode worker processes a job gets when the user does not say: none for greedy,
+    none while the model runs on the CPU, else one per ``AUTO_WORKERS_MIN_AUDIO_S`` of audio, at
+    most one per core but one and ``MAX_AUTO_DECODE_WORKERS``."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    if model_on_gpu is None:
+        from w2v_serve.sessions import gpu_providers_present
+
+        model_on_gpu = gpu_providers_present()
+    if decoder.method != "beam" or not model_on_gpu or cores < 2:
+        return 0
+    return max(0, min(cores - 1, MAX_AUTO_DECODE_WORKERS, int(audio_seconds // AUTO_WORKERS_MIN_AUDIO_S)))
+
+
+def audio_seconds(paths: Sequence[str], enough: float = float("inf")) -> float:
+    """Total duration of the readable files among ``paths`` from their headers; stops adding
+    once past ``enough``."""
+    total = 0.0
+    for path in paths:
+        try:
+            info = probe(path)
+            total += info.frames / info.sample_rate
+        except Exception:
+            continue
+        if total > enough:
+            break
+    return total
 
 
 class DecodePool:

@@ -25,7 +25,6 @@ from w2v_serve.transcribe import TranscriptionResult
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 FORMATS = ("text", "jsonl", "srt", "vtt")
 OUTPUT_SUFFIX = {"text": ".txt", "jsonl": ".json", "srt": ".srt", "vtt": ".vtt"}
-MAX_AUTO_DECODE_WORKERS = 8
 
 
 def add_parsers(sub) -> None:
@@ -47,8 +46,10 @@ def add_parsers(sub) -> None:
     run.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
                      help="longer recordings run in overlapping windows of this length")
     run.add_argument("--decode-workers", type=int, default=None, metavar="N",
-                     help="processes that run the beam search beside the model (default: one per core, at "
-                          "most 8, with the beam decoder; none with greedy; 0: decode in this process)")
+                     help="processes that run the beam search beside the model (default: none while the "
+                          "model runs on the CPU, where a low-priority thread decodes beside it; with the "
+                          "model on a GPU, one per 120 s of audio, at most one per core but one and 8; "
+                          "none with greedy; 0: decode in this process)")
     p.set_defaults(func=handler("w2v_serve.cli.transcribe:cmd_transcribe"))
 
 
@@ -169,9 +170,11 @@ def cmd_transcribe(args) -> int:
     engine = EngineOptions(variant=args.variant, runtime=args.runtime, threads=args.threads,
                            batch_size=args.batch_size, window_s=args.window)
     workers = args.decode_workers
-    if workers is None:     # the beam search is pure Python: one process per core (greedy: nothing to gain),
-        cores = os.cpu_count() or 1                       # at most 8 (each holds the LM in memory)
-        workers = min(cores, MAX_AUTO_DECODE_WORKERS) if decoder.method == "beam" and cores > 1 else 0
+    if workers is None:
+        from w2v_serve.transcribe import AUTO_WORKERS_MIN_AUDIO_S, MAX_AUTO_DECODE_WORKERS, audio_seconds, auto_decode_workers
+
+        enough = AUTO_WORKERS_MIN_AUDIO_S * MAX_AUTO_DECODE_WORKERS
+        workers = auto_decode_workers(decoder, audio_seconds(paths, enough) if decoder.method == "beam" else 0.0)
     with Transcriber(model, decoder=decoder, engine_options=engine, decode_workers=workers) as transcriber:
         return _run(transcriber, paths, args)
 

@@ -137,25 +137,55 @@ class _BLSSession:
         return [out[n] for n in (output_names or ["logits", "logit_lengths"])]
 
 
+def _triton_engine(model_dir: Path, params: dict[str, str]):
+    """An ``Engine`` whose acoustic work goes to the ``acoustic`` Triton model (parameter
+    ``acoustic_model``), not a local session: offline recognition and streams' full-context
+    finals run the same model the same way."""
+    from w2v_serve.engine import Engine
+
+    acoustic = params.get("acoustic_model", "acoustic")
+
+    class _TritonEngine(Engine):
+        def _open_session(self, path):
+            return _BLSSession(acoustic)
+
+    return _TritonEngine(model_dir)
+
+
+def _lm_path(args: dict, params: dict[str, str]) -> Optional[str]:
+    """Parameter ``lm`` (relative to the repository), else None: the model's own LM."""
+    lm = params.get("lm") or None
+    if lm and not Path(lm).is_absolute():
+        lm = str((Path(args["model_repository"]) / lm).resolve())
+    return lm
+
+
+def _streaming_config(params: dict[str, str]):
+    """StreamingConfig from the model's parameters (its field names; booleans as true/false)."""
+    from w2v_serve.streaming import StreamingConfig
+
+    values = {}
+    for key, text in params.items():
+        if key not in StreamingConfig.__dataclass_fields__:
+            continue
+        kind = type(getattr(StreamingConfig, key))
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"parameter {key} must be true or false, got {text!r}")
+            values[key] = text.lower() in ("true", "1")
+        else:
+            values[key] = kind(text)
+    return StreamingConfig(**values)
+
+
 class OfflineModel:
     """audio [S] f32 (+ options JSON) -> transcript JSON {text, duration_s, words}."""
 
     def initialize(self, args: dict) -> None:
-        from w2v_serve.engine import Engine
-
         params = _parameters(args)
-        acoustic = params.get("acoustic_model", "acoustic")
-
-        class _TritonEngine(Engine):
-            def _open_session(self, path):  # the acoustic work goes to Triton, not a local session
-                return _BLSSession(acoustic)
-
         self.model_dir = _model_dir(args, params)
-        self.engine = _TritonEngine(self.model_dir)
-        lm = params.get("lm") or None
-        if lm and not Path(lm).is_absolute():
-            lm = str((Path(args["model_repository"]) / lm).resolve())
-        self.lm = lm
+        self.engine = _triton_engine(self.model_dir, params)
+        self.lm = _lm_path(args, params)
         # No "decoder" parameter: the runtime's rule (beam with the model's own LM when it ships one).
         self.default_key = (params.get("decoder") or None, int(params.get("beam_width", "64")))
         self._transcribers: dict = {}
@@ -197,16 +227,22 @@ class StreamingModel:
     and ACTIVE (open sequences held by this instance, after this batch)."""
 
     def initialize(self, args: dict) -> None:
-        from w2v_serve.streaming import StreamingConfig, StreamingRecognizer
+        from w2v_serve.decoding import options_for_model
+        from w2v_serve.streaming import StreamingRecognizer
 
         params = _parameters(args)
         config = json.loads(args["model_config"])
         idle_us = config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 60_000_000)
         self.idle_s = int(idle_us) / 1e6
-        stream_cfg = StreamingConfig(**{k: type(getattr(StreamingConfig, k))(v) for k, v in params.items()
-                                        if k in StreamingConfig.__dataclass_fields__})
-        self.recognizer = StreamingRecognizer(_model_dir(args, params), stream_cfg,
-                                              runtime=params.get("runtime", "onnxruntime"))
+        model_dir = _model_dir(args, params)
+        # The decoder offline recognition uses (the same parameters and rule as the offline model),
+        # and full-context finals through the same acoustic model: a final is the offline result.
+        method = params.get("decoder") or None
+        options = options_for_model(model_dir, method=method, beam_width=int(params.get("beam_width", "64")),
+                                    lm=_lm_path(args, params) if method != "greedy" else None)
+        self.recognizer = StreamingRecognizer(model_dir, _streaming_config(params), options,
+                                              runtime=params.get("runtime", "onnxruntime"),
+                                              engine=_triton_engine(model_dir, params))
         self._options: dict[int, dict] = {}
         # Triton forgets an idle sequence without telling the model: sweep our state likewise.
         self._stop = threading.Event()

@@ -83,6 +83,16 @@ class EmbeddedStream:
             self._backend.worker.close(self._rec, self.stream_id)
 
 
+class _SharedEngine:
+    """The backend's Engine, opened when a stream's first full-context final needs it."""
+
+    def __init__(self, backend: "EmbeddedBackend") -> None:
+        self._backend = backend
+
+    def log_probs(self, audio: np.ndarray) -> np.ndarray:
+        return self._backend.engine().log_probs(audio)
+
+
 class EmbeddedBackend:
     name = "embedded"
 
@@ -103,6 +113,8 @@ class EmbeddedBackend:
         self._offline_thread = ThreadPoolExecutor(1, thread_name_prefix="w2v-recognize")
         self._transcribers: dict[DecoderOptions, object] = {}
         self._engine = None
+        if stream_config.full_context_final:
+            self.engine()           # streams' finals run it: opened at start-up, not by a first final
 
     def _session(self, path: str):
         if path not in self._sessions:
@@ -122,7 +134,8 @@ class EmbeddedBackend:
                                        f"this server builds at most {MAX_DECODER_SETTINGS} decoder and "
                                        "end-pointing settings per model; use the default or one already in use")
                 rec = StreamingRecognizer(self.model, window, options, session_factory=self._session,
-                                          runtime=self.runtime, precision=self.precision)
+                                          runtime=self.runtime, precision=self.precision,
+                                          engine=_SharedEngine(self))
                 self._recognizers[key] = rec
             return rec
 
@@ -143,13 +156,18 @@ class EmbeddedBackend:
         return await loop.run_in_executor(self._offline_thread, self._transcribe, audio, decoder, options.hotwords,
                                           options.alternatives)
 
+    def engine(self) -> Engine:
+        """The whole-model Engine (model.onnx) of Recognize and of streams' full-context finals."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
+            return self._engine
+
     def _transcribe(self, audio: np.ndarray, decoder: DecoderOptions, hotwords: tuple[str, ...],
                     alternatives: int = 0):
-        if self._engine is None:
-            self._engine = Engine(self.model, EngineOptions(runtime=self.runtime, variant=self.precision))
         t = self._transcribers.get(decoder)
         if t is None:
-            t = self._transcribers[decoder] = Transcriber(engine=self._engine, decoder=decoder)
+            t = self._transcribers[decoder] = Transcriber(engine=self.engine(), decoder=decoder)
         result = t.transcribe(audio, sample_rate=self.sample_rate, hotwords=list(hotwords) or None)
         if result.error:
             raise invalid_argument(result.error)
@@ -158,7 +176,7 @@ class EmbeddedBackend:
         best = Transcript(result.text, tuple(result.words))
         if alternatives == 1 or decoder.method != BEAM:
             return result, [best]
-        others = t.decoder.decode_nbest(self._engine.log_probs(audio), alternatives, hotwords=list(hotwords) or None)
+        others = t.decoder.decode_nbest(self.engine().log_probs(audio), alternatives, hotwords=list(hotwords) or None)
         return result, [best] + [o for o in others if o.text != best.text][:alternatives - 1]
 
     @property
