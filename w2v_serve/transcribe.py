@@ -36,6 +36,7 @@ from w2v_serve.audio import AudioError, load_audio, probe, resample, stream_audi
 from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript, Word, safe_cut_frame
 from w2v_serve.engine import Engine, EngineOptions
 from w2v_serve.model_dir import ModelDirectory, ModelDirError, default_model_dir
+from w2v_serve.precision import ensure_precision_record
 from w2v_serve.process import exit_with_parent
 
 AudioInput = Union[str, Path, np.ndarray]
@@ -103,6 +104,10 @@ class Transcriber:
         if decode_workers > 0:
             self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
         if engine is None:
+            # Precision auto on a kind of CPU the model was never checked on: check it now (once,
+            # recorded) so the engine below runs the fast precision (w2v_serve.precision).
+            ensure_precision_record(directory, runtime=engine_options.runtime, precision=engine_options.variant,
+                                    providers=engine_options.providers, threads=engine_options.threads)
             # The decoder (LM and word list, ~0.3 s) loads while the runtime compiles the graph
             # (~0.3-0.5 s, in native code that releases the GIL): start-up is the longer, not the sum.
             with ThreadPoolExecutor(1, thread_name_prefix="w2v-decoder-load") as pool:
