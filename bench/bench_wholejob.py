@@ -228,7 +228,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--skip-graphs", action="store_true", help="whole job only")
     args = parser.parse_args(argv or [])
     load_before = os.getloadavg()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         work = Path(args.cache) if args.cache else Path(tmp_name)
@@ -252,54 +251,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             result["whole_job"] = whole_job(ours["dir"], peer, wav, lm, args.rounds)
     result["load_average"] = {"before": [round(x, 2) for x in load_before],
                               "after": [round(x, 2) for x in os.getloadavg()]}
-    _record(result, argv or [], started, load_before)
     _print(result)
     return result
-
-
-def _record(result: dict, argv: list[str], started: str, load: tuple) -> None:
-    """JSON lines under bench/results/wholejob.jsonl, one per figure, when the runner does not
-    write records itself (bench.records)."""
-    try:
-        import bench.records  # noqa: F401  (the runner writes the records)
-        return
-    except ImportError:
-        pass
-    import platform
-    import shlex
-    from importlib import metadata
-
-    from bench.__main__ import machine
-
-    versions = {"python": platform.python_version()}
-    for name in ("numpy", "onnxruntime", "openvino", "torch", "transformers", "pyctcdecode", "kenlm", "onnx"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        import tomllib
-
-        w2v_version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    except (OSError, KeyError, ValueError):
-        w2v_version = "unknown"
-    context = {"cpu_model": machine()["cpu"], "cores": os.cpu_count(), "date": started, "w2v_version": w2v_version,
-               "versions": versions, "command": " ".join(["python -m bench wholejob", *map(shlex.quote, argv)]),
-               "load": [round(x, 2) for x in load]}
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in d.items():
-            name = f"{prefix}.{k}" if prefix else str(k)
-            out.update(flat(v, name) if isinstance(v, dict) and v else {name: v})
-        return out
-
-    path = ROOT / "bench" / "results" / "wholejob.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for figure, value in flat(result).items():
-            f.write(json.dumps({"bench": "wholejob", "figure": f"wholejob.{figure}", "value": value, **context},
-                               default=str) + "\n")
 
 
 def _print(result: dict) -> None:
