@@ -26,7 +26,7 @@ from export.graphs import export_graph, inference_copy
 from training.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from training.model import Wav2Vec2Model
 from w2v_serve.model_dir import (
-    ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH, VOCAB_NAME, ModelCard, write_card,
+    ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, PRECISION_CHECK_NAME, TRANSFORMER_GRAPH, VOCAB_NAME, ModelCard, write_card,
 )
 
 GRAPHS = (FULL_GRAPH, ENCODER_GRAPH, TRANSFORMER_GRAPH)
@@ -252,6 +252,8 @@ def _move_into(work: Path, out_dir: Path, card: ModelCard) -> None:
     """Move the finished files into ``out_dir``; the card last, so it only ever lists files
     that are there."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A precision check record of a model exported here before measured other weights.
+    (out_dir / PRECISION_CHECK_NAME).unlink(missing_ok=True)
     write_card(work, card)
     names = [VOCAB_NAME] + [n for files in card.variants.values() for n in files.values()]
     for name in names:
@@ -284,6 +286,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         directory.card.language_code = language or directory.card.language_code
         directory.write_card()
     _print_summary(out)
+    if not getattr(args, "no_precision_check", False):
+        from w2v_serve.precision import ensure_precision_record
+
+        # This CPU's fast precision, chosen now, so that the first `w2v transcribe` runs it.
+        ensure_precision_record(out, trigger="export")
     if getattr(args, "repository", None):
         _write_repository(out, Path(args.repository))
     return 0

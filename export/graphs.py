@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.model import Wav2Vec2Model
-from training.model.components import FeatureEncoder, MaskedInstanceNorm, WeightNormConv1d, lengths_to_mask
+from training.model.components import (FeatureEncoder, MaskedInstanceNorm, SelfAttention, WeightNormConv1d,
+                                       lengths_to_mask)
 from w2v_serve.model_dir import ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH
 
 
@@ -131,9 +132,46 @@ class MatMulFeatureEncoder(nn.Module):
         return x, lengths
 
 
+class FoldedScaleAttention(nn.Module):
+    """``SelfAttention`` for export: softmax(Q K^T / sqrt(d_k) + bias) V with the 1/sqrt(d_k)
+    folded into the query projection's weight and bias (exact when d_k is a power of 4, as 64
+    is for BASE and LARGE: the scale is then a power of two), and the products written out.
+
+    Same numbers; what changes is the graph. ``F.scaled_dot_product_attention`` exports its
+    scale as a value computed at run time from Q's shape (Shape, Slice, Cast, Sqrt, Div, Sqrt)
+    and multiplies both Q and K^T by its square root, two elementwise passes per block that a
+    runtime cannot fold into the products because the factor is not a constant; OpenVINO then
+    also keeps K's Transpose apart from the product. Here K is laid out [B, H, d_k, T] by one
+    Transpose, which OpenVINO and ONNX Runtime fuse into the MatMul. The additive ``attention_bias``
+    (padding) is kept."""
+
+    def __init__(self, attention: SelfAttention) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
+        scale = self.head_dim ** -0.5
+        self.q_proj = copy.deepcopy(attention.q_proj)
+        with torch.no_grad():
+            self.q_proj.weight.mul_(scale)
+            self.q_proj.bias.mul_(scale)
+        self.k_proj, self.v_proj, self.out_proj = attention.k_proj, attention.v_proj, attention.out_proj
+
+    def forward(self, x: Tensor, attention_bias: Optional[Tensor]) -> Tensor:
+        """x: [B, T, d]; attention_bias: additive [B, 1, 1, T] or None."""
+        b, t, d = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
+        k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # [B, H, d_k, T]
+        v = self.v_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
+        scores = torch.matmul(q, k)
+        if attention_bias is not None:
+            scores = scores + attention_bias
+        y = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
 def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Vec2Model:
-    """An eval-mode, float32 copy of ``model`` with every weight norm folded and the per-channel
-    normalization as ``MatMulStatsInstanceNorm`` (the original is untouched). ``conv_as_matmul``:
+    """An eval-mode, float32 copy of ``model`` with every weight norm folded, the per-channel
+    normalization as ``MatMulStatsInstanceNorm`` and self-attention as ``FoldedScaleAttention``
+    (the original is untouched). ``conv_as_matmul``:
     the conv encoder as ``MatMulFeatureEncoder`` (for the int8 variant)."""
     model = copy.deepcopy(model).float().eval()
     for module in list(model.modules()):
@@ -142,6 +180,8 @@ def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Ve
                 setattr(module, name, fold_weight_norm(child))
             elif isinstance(child, MaskedInstanceNorm):
                 setattr(module, name, MatMulStatsInstanceNorm(child))
+            elif isinstance(child, SelfAttention):
+                setattr(module, name, FoldedScaleAttention(child))
     if conv_as_matmul:
         model.feature_extractor = MatMulFeatureEncoder(model.feature_extractor)  # type: ignore[assignment]
     for p in model.parameters():

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The automatic precision check (w2v_serve.precision.ensure_precision_record) would run once per
+# new model directory; tests pin their precision instead, and tests/test_auto_precision.py turns it on.
+os.environ.setdefault("W2V_PRECISION_CHECK", "0")
 
 # A character vocabulary in transformers' layout: blank <pad> at 0, word delimiter |.
 HF_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R"]

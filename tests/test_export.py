@@ -330,3 +330,26 @@ def test_repository_flag_writes_a_triton_repository(exported, tmp_path):
     repo = tmp_path / "repo"
     assert w2v(["export", str(ckpt), "--out", str(tmp_path / "m"), "--no-check", "--repository", str(repo)]) == 0
     assert ModelDirectory.load(repo / "acoustic" / "1").card.variants["fp32"]["model"] == "model.onnx"
+
+
+def test_attention_for_export_equals_scaled_dot_product_attention_with_its_scale_folded(exported):
+    """export.graphs.FoldedScaleAttention against the training module (float64, padded keys), and
+    in the exported graph: no run-time scale (Sqrt) and no elementwise scaling (Mul) of Q or K."""
+    from export.graphs import FoldedScaleAttention
+    from training.model.components import SelfAttention
+
+    torch.manual_seed(0)
+    attention = SelfAttention(64, 4, 0.0).double().eval()
+    x = torch.randn(2, 9, 64, dtype=torch.float64)
+    bias = torch.zeros(2, 1, 1, 9, dtype=torch.float64)
+    bias[1, ..., 6:] = torch.finfo(torch.float64).min              # row 1: 3 padded frames
+    with torch.no_grad():
+        ref = attention(x, bias)
+        folded = FoldedScaleAttention(attention)
+        torch.testing.assert_close(folded(x, bias), ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(folded(x, None), attention(x, None), rtol=1e-12, atol=1e-12)
+    _, _, model_dir = exported("group", False)
+    nodes = [n for n in onnx.load(str(model_dir / "model.onnx")).graph.node if "/attention/" in n.name]
+    ops = {n.op_type for n in nodes}
+    assert "MatMul" in ops and "Softmax" in ops
+    assert not ops & {"Sqrt", "Mul", "Div"}, sorted(ops)

@@ -24,15 +24,18 @@ the graph emits raw logits).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from w2v_serve.model_dir import FULL_GRAPH, ModelDirectory
-from w2v_serve.sessions import (AUTO, ONNXRUNTIME, OPENVINO, OPENVINO_PROVIDER, EngineError, gpu_providers_present, machine_signature,
-                                open_session, openvino_available, openvino_supports_bf16, resolve_runtime)
+from w2v_serve.model_dir import (CARD_NAME, FULL_GRAPH, PRECISION_CHECK_NAME, ModelDirectory, ModelDirError,
+                                 read_precision_checks)
+from w2v_serve.sessions import (AUTO, ONNXRUNTIME, OPENVINO, OPENVINO_PROVIDER, EngineError, cache_root,
+                                gpu_providers_present, machine_signature, open_session, openvino_available,
+                                openvino_supports_bf16, resolve_runtime)
 
 BF16 = "bf16"
 GPU_MAX_BATCH_SECONDS = 120.0
@@ -118,12 +121,70 @@ def same_machine(record: dict, here: Optional[dict] = None) -> bool:
     return bool(machine) and all(machine.get(k) == here.get(k) for k in MACHINE_KEYS)
 
 
+def precision_cache_path(model: ModelDirectory) -> Path:
+    """Where a precision check record of ``model`` goes when its directory is not writable (the
+    bundled model in a read-only installation): ``$XDG_CACHE_HOME/w2v/precision/KEY.json``, KEY
+    from the directory's resolved path and its model card's bytes (so a re-export gets a new key)."""
+    import hashlib
+
+    try:
+        card = (model.path / CARD_NAME).read_bytes()
+    except OSError:
+        card = b""
+    key = hashlib.sha256(str(model.path.resolve()).encode() + b"\0" + card).hexdigest()[:16]
+    return cache_root() / "precision" / f"{key}.json"
+
+
+def valid_record(record: object) -> bool:
+    """Whether a precision check record has the shape the engine reads: ``results`` {runtime:
+    {precision: {passed, rtf, ...}}} with numeric speeds, and a ``machine`` mapping (or null)."""
+    if not isinstance(record, dict) or not isinstance(record.get("results"), dict):
+        return False
+    if not isinstance(record.get("machine"), (dict, type(None))):
+        return False
+    for per_runtime in record["results"].values():
+        if not isinstance(per_runtime, dict):
+            return False
+        for entry in per_runtime.values():
+            if not isinstance(entry, dict) or not isinstance(entry.get("rtf", 0.0), (int, float, type(None))):
+                return False
+    return True
+
+
+_WARNED: set = set()
+
+
+def read_records(model: ModelDirectory, warn: bool = True) -> tuple[list[dict], list[str]]:
+    """The precision check records of ``model``: those beside its card, then those in its user
+    cache file (``precision_cache_path``). A file that cannot be read, or a record of the wrong
+    shape, is left out; the second value says what was left out and why (and, with ``warn``, is
+    written once per process to stderr)."""
+    records, problems = [], []
+    for path in (model.path / PRECISION_CHECK_NAME, precision_cache_path(model)):
+        try:
+            found = read_precision_checks(path)
+        except (ModelDirError, OSError, UnicodeDecodeError) as e:
+            problems.append(f"{path}: ignored, unreadable ({e})")
+            continue
+        bad = [r for r in found if not valid_record(r)]
+        if bad:
+            problems.append(f"{path}: ignored {len(bad)} malformed record(s)")
+        records += [r for r in found if valid_record(r)]
+    if warn:
+        for problem in problems:
+            if problem not in _WARNED:
+                _WARNED.add(problem)
+                print(f"w2v: warning: precision check record {problem}", file=sys.stderr)
+    return records, problems
+
+
 def precision_record(model: ModelDirectory) -> Optional[dict]:
     """The model's precision check record for this kind of CPU. On a CPU never checked, one record
     made of all of them: a precision passes only where it passed on every CPU checked (int8 and
     bf16 kernels differ with the vector extensions, and so does their agreement), with
-    the most recent record's speeds."""
-    records = model.precision_checks
+    the most recent record's speeds. Records come from ``read_records`` (beside the card, then
+    the user cache; unreadable ones left out with a warning)."""
+    records, _ = read_records(model)
     here = machine_signature()
     for record in records:
         if same_machine(record, here):

@@ -184,11 +184,23 @@ def inside(directory: str | Path, name: object, what: str = "file") -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one, never
-    a part: written beside it as ``NAME.tmp``, then renamed over it."""
+    a part: written beside it under a unique temporary name, then renamed over it (so concurrent
+    writers never share a temporary file)."""
+    import os
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        mask = os.umask(0o022)     # what a plain open() would give the file (mkstemp gives 0600)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ import numpy as np
 from w2v_serve.audio import load_audio
 from w2v_serve.decoding import CTCDecoder, DecoderOptions
 from w2v_serve.engine import BF16, Engine, EngineOptions, fastest_passing, precision_available
-from w2v_serve.model_dir import PRECISION_CHECK_NAME, ModelDirectory, read_precision_checks, write_text_atomic
+from w2v_serve.model_dir import (PRECISION_CHECK_NAME, ModelDirectory, ModelDirError, read_precision_checks,
+                                 write_text_atomic)
 from w2v_serve.scoring import error_counts, normalize_for_scoring
 from w2v_serve.sessions import CPU_ONLY, ONNXRUNTIME, OPENVINO, EngineError, machine_signature, openvino_available
 
@@ -120,13 +122,15 @@ def check_precisions(model: ModelDirectory | str | Path, audios: Sequence[np.nda
                      names: Optional[Sequence[str]] = None, texts: Optional[Sequence[Optional[str]]] = None,
                      runtimes: Optional[Iterable[str]] = None,
                      precisions: Iterable[str] = CHECKED_PRECISIONS, threshold: float = THRESHOLD,
-                     threads: int = 0, repeats: int = 5) -> dict:
+                     threads: int = 0, repeats: int = 5,
+                     exclude: Iterable[tuple[str, str]] = ()) -> dict:
     """Agreement and speed of every (runtime, precision) against fp32 ONNX Runtime; the record.
 
     runtimes: default onnxruntime and, when installed, openvino. A precision that cannot run here
     (no such graph variant, no bf16 in this CPU) is recorded as unavailable with the reason.
     texts: the utterances' transcripts where known; each precision's word error rate on those
-    (greedy decoding, and the model's default decoder) is recorded beside the reference's."""
+    (greedy decoding, and the model's default decoder) is recorded beside the reference's.
+    exclude: (runtime, precision) pairs not run (recorded as not checked)."""
     model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
     if not audios:
         raise PrecisionCheckError("no speech to check on")
@@ -134,6 +138,7 @@ def check_precisions(model: ModelDirectory | str | Path, audios: Sequence[np.nda
     runtimes = list(runtimes) if runtimes is not None else \
         [ONNXRUNTIME] + ([OPENVINO] if openvino_available() else [])
     precisions = list(precisions)
+    exclude = set(exclude)
     seconds = sum(len(a) for a in audios) / model.card.sample_rate
     decoder = CTCDecoder(model.vocab, DecoderOptions(method="greedy"), frame_seconds=model.card.frame_seconds)
 
@@ -149,6 +154,8 @@ def check_precisions(model: ModelDirectory | str | Path, audios: Sequence[np.nda
         results[runtime] = {}
         for precision in precisions:
             reason = precision_available(model, precision, runtime)
+            if (runtime, precision) in exclude:
+                reason = "not checked (left out of this check)"
             if reason is None:
                 try:
                     eng = reference_engine if (runtime, precision) == REFERENCE else engine(runtime, precision)
@@ -223,15 +230,113 @@ class _WordErrors:
 
 def write_record(model: ModelDirectory, record: dict, path: Optional[str | Path] = None) -> Path:
     """Writes ``record`` into the model's precision check file (or ``path``) beside the records of
-    other kinds of CPU already there; a record of the same kind of CPU is replaced."""
+    other kinds of CPU already there; a record of the same kind of CPU is replaced, and so is a
+    file that cannot be read (its records are lost either way)."""
     import json
 
-    from w2v_serve.engine import same_machine
+    from w2v_serve.engine import same_machine, valid_record
 
     target = Path(path) if path else model.path / PRECISION_CHECK_NAME
-    others = [r for r in read_precision_checks(target) if not same_machine(r, record["machine"])]
+    try:
+        existing = read_precision_checks(target)
+    except (ModelDirError, UnicodeDecodeError):
+        existing = []
+    others = [r for r in existing if valid_record(r) and not same_machine(r, record["machine"])]
     data = {"format": FILE_FORMAT, "version": 1, "records": [*others, record]}
+    target.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(target, json.dumps(data, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- the automatic check
+AUTO_CHECK_ENV = "W2V_PRECISION_CHECK"       # 0 / off / no / false: never run the check unasked
+AUTO_UTTERANCES = 3                         # espeak-ng utterances (about 7 s of speech)
+AUTO_REPEATS = 2                            # timed rounds (interleaved, best of)
+# Left out of the automatic check: OpenVINO running ONNX Runtime's int8 graphs was 1.3-2.3x
+# slower than OpenVINO fp32 on every CPU and model measured (docs/precision.md); `w2v
+# precision-check` still measures it.
+AUTO_EXCLUDED = ((OPENVINO, "int8"),)
+
+
+def auto_check_disabled() -> bool:
+    return os.environ.get(AUTO_CHECK_ENV, "").strip().lower() in ("0", "off", "no", "false")
+
+
+def ensure_precision_record(model: ModelDirectory | str | Path, *, runtime: str = "auto", precision: str = "auto",
+                            providers: Optional[Sequence[str]] = None, trigger: str = "first use",
+                            threads: int = 0, log=None) -> Optional[dict]:
+    """Makes sure ``model`` has a precision check record for this kind of CPU, so that ``auto``
+    precision runs the fast precision the check picks; returns the record (None when no check
+    applies or none could run).
+
+    Nothing happens (None) when a precision is given, when a CUDA/TensorRT provider is wanted and
+    present (the check measures CPU runtimes), or when ``W2V_PRECISION_CHECK=0``. A record of this
+    kind of CPU already there (beside the card or in the user cache) is returned as it is.
+    Otherwise a short check runs (``AUTO_UTTERANCES`` espeak-ng utterances, ``AUTO_REPEATS`` timed
+    rounds, the runtimes and precisions of ``check_precisions`` but ``AUTO_EXCLUDED``), its record
+    is written atomically beside the card, or into the user cache when the model directory is not
+    writable (``engine.precision_cache_path``), and one line on ``log`` (default stderr) says what
+    was chosen and why. An unreadable record file is ignored with a warning and the check redone.
+    Without espeak-ng there is no speech to check on: one line says so, and the engine keeps fp32."""
+    from w2v_serve.engine import (choose_runtime_and_precision, precision_cache_path, read_records,
+                                  same_machine)
+    from w2v_serve.sessions import AUTO, gpu_providers_present
+
+    log = log or sys.stderr
+    if precision != AUTO or gpu_providers_present(providers) or auto_check_disabled():
+        return None
+    model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+    records, _ = read_records(model)         # unreadable files: warned about here, replaced below
+    here = machine_signature()
+    for record in records:
+        if same_machine(record, here):
+            return record
+    if not espeak_available():
+        print(f"w2v: no precision check for this CPU ({here['cpu']}): espeak-ng is not installed, so precision "
+              "stays fp32 (install espeak-ng, or run `w2v precision-check --audio FILE`)", file=log)
+        return None
+    start = time.perf_counter()
+    speech = espeak_utterances(AUTO_UTTERANCES, model.card.sample_rate)
+    runtimes = [ONNXRUNTIME] + ([OPENVINO] if openvino_available() else [])
+    record = check_precisions(model, [a for _, a, _ in speech], names=[n for n, _, _ in speech],
+                              texts=[t for _, _, t in speech], runtimes=runtimes, threads=threads,
+                              repeats=AUTO_REPEATS, exclude=AUTO_EXCLUDED)
+    record["trigger"] = trigger
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    target = model.path / PRECISION_CHECK_NAME
+    try:
+        write_record(model, record, target)
+    except OSError:
+        target = precision_cache_path(model)
+        try:
+            write_record(model, record, target)
+        except OSError as e:
+            target = None
+            print(f"w2v: warning: cannot keep the precision check record ({e}); it will run again", file=log)
+    chosen_rt, chosen_p = choose_runtime_and_precision(model, runtime, precision, providers)
+    print(f"w2v: {explain_choice(record, chosen_rt, chosen_p)} [precision check on this CPU, {trigger}, "
+          f"{record['seconds']:.0f} s; record {target or 'not kept'}; {AUTO_CHECK_ENV}=0 skips it]", file=log)
+    return record
+
+
+def explain_choice(record: dict, runtime: str, precision: str) -> str:
+    """One line: the runtime and precision chosen from ``record`` and why (its speed against fp32
+    ONNX Runtime and its agreement with it, and the precisions rejected for changing the answers)."""
+    results = record.get("results", {})
+    chosen = results.get(runtime, {}).get(precision, {})
+    ref = results.get(REFERENCE[0], {}).get(REFERENCE[1], {})
+    if (runtime, precision) == REFERENCE:
+        why = ["the reference; nothing that kept the answers ran faster"]
+    else:
+        why = []
+        if chosen.get("rtf") and ref.get("rtf"):
+            why.append(f"{ref['rtf'] / chosen['rtf']:.2f}x the speed of {REFERENCE[0]} fp32")
+        if chosen.get("agreement") is not None:
+            why.append(f"same frame labels as it on {100 * chosen['agreement']:.1f}% of frames")
+    rejected = [f"{rt} {p} ({100 * r['agreement']:.1f}%)" if r.get("agreement") is not None else f"{rt} {p}"
+                for rt, res in results.items() for p, r in res.items() if r.get("available") and not r.get("passed")]
+    if rejected:
+        why.append(f"rejected below {100 * record.get('threshold', THRESHOLD):.1f}%: {', '.join(rejected)}")
+    return f"runs {runtime} {precision} ({'; '.join(why)})"
 
 
 def _machine(threads: int) -> dict:

@@ -158,14 +158,15 @@ def _ort_session(path: Path, providers: Optional[Sequence[str]], threads: int, f
         raise EngineError(f"{path}: cannot load the model ({e})") from e
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """The user cache of w2v: ``$XDG_CACHE_HOME/w2v`` (default ``~/.cache/w2v``)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "w2v"
 
 
 def _tensorrt_options(path: Path, fp16: bool) -> dict:
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = _cache_root() / "tensorrt" / key
+    cache = cache_root() / "tensorrt" / key
     cache.mkdir(parents=True, exist_ok=True)
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": fp16}
 
@@ -247,7 +248,7 @@ class OpenVINOSession:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        cache_dir = _cache_root() / "openvino"
+        cache_dir = cache_root() / "openvino"
         # Small graphs compile in well under a second: not worth a blob each (tests make many).
         # Never bf16: on an AMX Xeon (OpenVINO 2026.4) a bf16 model read back from CACHE_DIR gave
         # all-NaN output, ran 6x slower than compiled afresh, and once crashed the process; compiled

@@ -36,6 +36,7 @@ from w2v_serve.audio import AudioError, load_audio, probe, resample, stream_audi
 from w2v_serve.decoding import CTCDecoder, DecoderOptions, Transcript, Word, safe_cut_frame
 from w2v_serve.engine import Engine, EngineOptions
 from w2v_serve.model_dir import ModelDirectory, ModelDirError, default_model_dir
+from w2v_serve.precision import ensure_precision_record
 from w2v_serve.process import exit_with_parent
 
 AudioInput = Union[str, Path, np.ndarray]
@@ -105,6 +106,11 @@ class Transcriber:
         if decode_workers > 0:
             prebuilt = CTCDecoder(directory.vocab, decoder, frame_seconds=directory.card.frame_seconds)
             self._decode_pool = DecodePool(directory.vocab, decoder, directory.card.frame_seconds, decode_workers)
+        if engine is None:
+            # Precision auto on a kind of CPU the model was never checked on: check it now (once,
+            # recorded) so the engine below runs the fast precision (w2v_serve.precision).
+            ensure_precision_record(directory, runtime=engine_options.runtime, precision=engine_options.variant,
+                                    providers=engine_options.providers, threads=engine_options.threads)
         if prebuilt is not None:
             self.decoder = prebuilt
             engine = engine if engine is not None else Engine(directory, engine_options)

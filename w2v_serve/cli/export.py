@@ -22,6 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="also write the int8 variant (ONNX Runtime dynamic quantization; for CPUs)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the export-time checks (ONNX checker, TensorRT ops, parity with PyTorch)")
+    p.add_argument("--no-precision-check", action="store_true",
+                   help="do not run the short precision check for this CPU after the export (it picks the "
+                        "fastest precision that keeps the model's answers; without it the first `w2v transcribe` "
+                        "or `w2v serve` with --precision auto runs it; W2V_PRECISION_CHECK=0 skips it everywhere)")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, >= 17 (default 17)")
     p.add_argument("--name", metavar="NAME",
                    help="the model's name in its card: what `w2v serve` serves it as (default: the directory's name)")

@@ -24,6 +24,7 @@ from w2v_serve.service.backends import StreamOptions
 from w2v_serve.decoding import BEAM, GREEDY, DecoderError, DecoderOptions, Transcript, decoder_method
 from w2v_serve.service.backends.inference_worker import ComputeBudgetExceeded, InferenceWorker
 from w2v_serve.model_dir import ModelDirectory
+from w2v_serve.precision import ensure_precision_record
 from w2v_serve.service.errors import ServiceError, compute_exhausted, invalid_argument
 from w2v_serve.engine import Engine, EngineOptions, choose_runtime_and_precision
 from w2v_serve.sessions import STREAMING_PROVIDERS
@@ -99,6 +100,7 @@ class EmbeddedBackend:
     def __init__(self, model_dir: str | Path, stream_config: StreamingConfig = StreamingConfig(),
                  decoder: DecoderOptions = DecoderOptions(), runtime: str = "auto") -> None:
         self.model = ModelDirectory.load(model_dir)
+        ensure_precision_record(self.model, runtime=runtime, providers=STREAMING_PROVIDERS)  # first use on this CPU
         # Runtime and precision of the streaming sessions and the Engine, chosen once for both.
         self.runtime, self.precision = choose_runtime_and_precision(self.model, runtime, "auto", STREAMING_PROVIDERS)
         self.stream_config = stream_config

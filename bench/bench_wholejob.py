@@ -1,0 +1,280 @@
+"""The whole `w2v transcribe` job on BASE weights against OpenVINO's model-only time on
+transformers' own export of the same weights; and our exported graph against that export under
+each runtime and precision.
+
+Setup, all in one run: transformers' ``Wav2Vec2ForCTC`` with its default (BASE) configuration,
+random init (seed 0), saved as a Hugging Face directory; ``w2v import hf`` and ``w2v export`` (with
+their defaults, so the automatic precision check for this CPU runs at export) make our model
+directory; ``torch.onnx.export`` (legacy exporter, opset 17, input ``input_values`` only) makes the
+peer's graph. Speech: ``--seconds`` of espeak-ng sentences in several voices in one WAV.
+
+1. Whole job: ``w2v transcribe FILE --model DIR`` in a fresh process with every default (greedy:
+   the model ships no LM), and with beam search + an LM (``--lm``, the bundled model's KenLM),
+   against OpenVINO with its own defaults (latency hint; its default inference precision: bf16
+   on CPUs with AMX/AVX512_BF16) on the peer's graph over the same audio: back-to-back 30 s
+   pieces, model loaded, no decoding. Rounds interleaved; medians.
+2. Graphs: ours (``model.onnx``; ``model.int8.onnx`` from ``w2v export --int8``) against the
+   peer's (its int8: the same dynamic MatMul quantization, export.variants.write_int8) on 10 s
+   of the speech, under ONNX Runtime fp32 and int8, OpenVINO f32 and bf16 (where the CPU has it),
+   2 threads, rounds interleaved; medians of wall time and of process CPU time (the CPU time is
+   the steadier figure on a loaded machine).
+
+    python -m bench wholejob                     # 10 minutes of speech, 3 rounds
+    python -m bench wholejob --seconds 60 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from bench.bench_engine import VOCAB, export_transformers, ov_plain, speech_file
+from bench.timing import SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = 2
+GRAPH_SECONDS = 10.0
+PIECE_SECONDS = 30
+
+
+# ---------------------------------------------------------------------------- models
+def base_hf_dir(out: Path):
+    """transformers' BASE Wav2Vec2ForCTC (random init, seed 0) saved with a character vocabulary
+    and a feature extractor config; returns (model, directory)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=len(VOCAB))).eval()
+    if not (out / "config.json").exists():
+        model.save_pretrained(out)
+        (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
+        Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(out)
+    return model, out
+
+
+def w2v(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "w2v_serve.cli", *args], capture_output=True, text=True,
+                          env=env or _env(), check=True)
+
+
+def _env() -> dict:
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, W2V_NO_PROGRESS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
+
+
+def our_model(work: Path, hf_dir: Path) -> dict:
+    """``w2v import hf`` then ``w2v export`` (defaults: the precision check runs), and a second
+    export with ``--int8`` for the graph comparison; the seconds of each and the check's line."""
+    ckpt, out, out_int8 = work / "base.ckpt", work / "model", work / "model_int8"
+    info: dict = {}
+    if not ckpt.exists():
+        start = time.perf_counter()
+        w2v("import", "hf", str(hf_dir), "--out", str(ckpt))
+        info["import_seconds"] = round(time.perf_counter() - start, 1)
+    if not (out / "model_card.json").exists():
+        env = {k: v for k, v in _env().items() if k != "W2V_PRECISION_CHECK"}
+        start = time.perf_counter()
+        proc = w2v("export", str(ckpt), "--out", str(out), env=env)
+        info["export_seconds"] = round(time.perf_counter() - start, 1)
+        info["export_says"] = [line for line in proc.stderr.splitlines() if line.startswith("w2v:")]
+    if not (out_int8 / "model_card.json").exists():
+        w2v("export", str(ckpt), "--out", str(out_int8), "--int8", "--no-check", "--no-precision-check")
+    from w2v_serve.engine import choose_runtime_and_precision, precision_record
+    from w2v_serve.model_dir import ModelDirectory
+
+    model = ModelDirectory.load(out)
+    record = precision_record(model) or {}
+    runtime, precision = choose_runtime_and_precision(model)
+    info["auto"] = {"runtime": runtime, "precision": precision,
+                    "check_seconds": record.get("seconds"), "check_trigger": record.get("trigger"),
+                    "agreement": {f"{rt}_{p}": r.get("agreement") for rt, res in record.get("results", {}).items()
+                                  for p, r in res.items() if r.get("available")},
+                    "check_rtf": {f"{rt}_{p}": r.get("rtf") for rt, res in record.get("results", {}).items()
+                                  for p, r in res.items() if r.get("available")}}
+    return {"dir": out, "dir_int8": out_int8, "info": info}
+
+
+# ---------------------------------------------------------------------------- 1. whole job
+def whole_job(model_dir: Path, peer: Path, wav: Path, lm: Optional[Path], rounds: int) -> dict:
+    from w2v_serve.audio import load_audio
+
+    audio = load_audio(wav)
+    piece = PIECE_SECONDS * SAMPLE_RATE
+    pieces = [audio[k:k + piece][None] for k in range(0, len(audio), piece) if len(audio[k:k + piece]) >= 400]
+    request, ov_precision = ov_plain(peer, None)
+    request.infer({"input_values": pieces[0]})                       # warm-up
+
+    def model_only() -> float:
+        start = time.perf_counter()
+        for p in pieces:
+            request.infer({"input_values": p})
+        return time.perf_counter() - start
+
+    base = ["transcribe", str(wav), "--model", str(model_dir), "--format", "jsonl"]
+    jobs: dict[str, list[str]] = {"greedy": base}
+    if lm is not None:
+        jobs["beam_lm"] = base + ["--lm", str(lm)]
+    times: dict[str, list[float]] = {name: [] for name in [*jobs, "model_only"]}
+    words: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, args in jobs.items():
+            start = time.perf_counter()
+            proc = w2v(*args)
+            times[name].append(time.perf_counter() - start)
+            words[name] = len(json.loads(proc.stdout.splitlines()[0]).get("words", []))
+        times["model_only"].append(model_only())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "audio_seconds": round(len(audio) / SAMPLE_RATE, 1),
+        "model_only_seconds": round(med["model_only"], 2),
+        "model_only": f"OpenVINO defaults (inference precision {ov_precision}) on transformers' export, "
+                      f"{PIECE_SECONDS} s pieces, {THREADS} threads, model loaded, no decoding",
+        "rounds_seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        "transcript_words": words,
+    }
+    for name in jobs:
+        out[f"{name}_seconds"] = round(med[name], 2)
+        out[f"{name}_vs_model_only"] = round(med[name] / med["model_only"], 3)
+    return out
+
+
+# ---------------------------------------------------------------------------- 2. graphs
+def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio: np.ndarray, rounds: int) -> dict:
+    """Ours against the peer's graph under each runtime/precision: medians of wall and CPU seconds."""
+    from export import variants
+    from w2v_serve.sessions import CPU_ONLY, open_session, openvino_available, openvino_supports_bf16
+
+    peer_int8 = work / "transformers_base.int8.onnx"
+    if not peer_int8.exists():
+        variants.write_int8(peer, peer_int8, ["MatMul"])
+    x = audio[None]
+    ours_feed = {"audio": x, "lengths": np.array([x.shape[1]], np.int64)}
+    peer_feed = {"input_values": x}
+    pairs: dict[str, tuple[Callable, Callable]] = {}
+
+    def ort(a: Path, b: Path) -> tuple[Callable, Callable]:
+        sa, sb = (open_session(p, providers=CPU_ONLY, threads=THREADS) for p in (a, b))
+        return (lambda: sa.run(None, ours_feed)), (lambda: sb.run(None, peer_feed))
+
+    pairs["onnxruntime_fp32"] = ort(ours, peer)
+    pairs["onnxruntime_int8"] = ort(ours_int8, peer_int8)
+    notes = {}
+    if openvino_available():
+        hints = ["f32"] + (["bf16"] if openvino_supports_bf16() else [])
+        if "bf16" not in hints:
+            notes["openvino_bf16"] = "not run: this CPU has no native bf16"
+        for hint in hints:
+            ra, _ = ov_plain(ours, hint)
+            rb, _ = ov_plain(peer, hint)
+            pairs[f"openvino_{hint}"] = ((lambda r: lambda: r.infer(ours_feed))(ra),
+                                         (lambda r: lambda: r.infer(peer_feed))(rb))
+    else:
+        notes["openvino"] = "not installed"
+    systems = {f"{k}_{side}": fn for k, (a, b) in pairs.items() for side, fn in (("ours", a), ("peer", b))}
+    wall: dict[str, list[float]] = {k: [] for k in systems}
+    cpu: dict[str, list[float]] = {k: [] for k in systems}
+    for fn in systems.values():
+        fn()                                                           # warm-up
+    for _ in range(rounds):
+        for name, fn in systems.items():
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    out: dict = {"audio_seconds": GRAPH_SECONDS, "threads": THREADS, "rounds": rounds, **({"notes": notes} if notes else {})}
+    for k in pairs:
+        ow, pw = statistics.median(wall[f"{k}_ours"]), statistics.median(wall[f"{k}_peer"])
+        oc, pc = statistics.median(cpu[f"{k}_ours"]), statistics.median(cpu[f"{k}_peer"])
+        out[k] = {"ours_seconds": round(ow, 4), "peer_seconds": round(pw, 4), "ours_vs_peer": round(ow / pw, 3),
+                  "ours_cpu_seconds": round(oc, 4), "peer_cpu_seconds": round(pc, 4),
+                  "cpu_ours_vs_peer": round(oc / pc, 3)}
+    return out
+
+
+def graph_structure(ours: Path, peer: Path) -> dict:
+    """Node counts by op type of both graphs (the op types where they differ)."""
+    import collections
+
+    import onnx
+
+    counts = {}
+    for name, path in (("ours", ours), ("peer", peer)):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        counts[name] = collections.Counter(n.op_type for n in graph.node)
+    ops = sorted(set(counts["ours"]) | set(counts["peer"]))
+    return {"nodes": {k: sum(v.values()) for k, v in counts.items()},
+            "differing_ops": {op: [counts["ours"][op], counts["peer"][op]] for op in ops
+                              if counts["ours"][op] != counts["peer"][op]}}
+
+
+# ---------------------------------------------------------------------------- entry
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench wholejob")
+    parser.add_argument("--seconds", type=float, default=600.0, help="seconds of speech for the whole job (default 600)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--cache", metavar="DIR", help="keep models and audio here between runs (development)")
+    parser.add_argument("--skip-job", action="store_true", help="graph comparison only")
+    parser.add_argument("--skip-graphs", action="store_true", help="whole job only")
+    args = parser.parse_args(argv or [])
+    load_before = os.getloadavg()
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        work = Path(args.cache) if args.cache else Path(tmp_name)
+        work.mkdir(parents=True, exist_ok=True)
+        hf_model, hf_dir = base_hf_dir(work / "hf_base")
+        peer = export_transformers(hf_model, work / "transformers_base.onnx")
+        ours = our_model(work, hf_dir)
+        result["setup"] = ours["info"]
+        from w2v_serve.audio import load_audio
+        from w2v_serve.model_dir import default_model_dir
+
+        wav = speech_file(work / f"speech_{int(args.seconds)}s.wav", args.seconds)
+        if not args.skip_graphs:
+            audio = load_audio(wav)[: int(GRAPH_SECONDS * SAMPLE_RATE)]
+            result["graph_structure"] = graph_structure(ours["dir"] / "model.onnx", peer)
+            result["graphs"] = graph_comparison(ours["dir"] / "model.onnx", ours["dir_int8"] / "model.int8.onnx",
+                                                peer, work, audio, max(5, 2 * args.rounds + 1))
+        if not args.skip_job:
+            bundled = default_model_dir()
+            lm = bundled / "lm.arpa" if bundled is not None and (bundled / "lm.arpa").exists() else None
+            result["whole_job"] = whole_job(ours["dir"], peer, wav, lm, args.rounds)
+    result["load_average"] = {"before": [round(x, 2) for x in load_before],
+                              "after": [round(x, 2) for x in os.getloadavg()]}
+    _print(result)
+    return result
+
+
+def _print(result: dict) -> None:
+    s = result.get("setup", {})
+    if "auto" in s:
+        print(f"w2v export's automatic choice: {s['auto']['runtime']} {s['auto']['precision']} "
+              f"(check {s['auto'].get('check_seconds')} s; agreement {s['auto'].get('agreement')})")
+    g = result.get("graphs")
+    if g:
+        print(f"our graph vs transformers' export, {GRAPH_SECONDS:.0f} s, {THREADS} threads, medians of {g['rounds']}:")
+        for k, v in g.items():
+            if isinstance(v, dict) and "ours_vs_peer" in v:
+                print(f"  {k:18s} wall {v['ours_seconds']:.3f} / {v['peer_seconds']:.3f} s = {v['ours_vs_peer']:.3f}x   "
+                      f"CPU {v['ours_cpu_seconds']:.3f} / {v['peer_cpu_seconds']:.3f} s = {v['cpu_ours_vs_peer']:.3f}x")
+    j = result.get("whole_job")
+    if j:
+        print(f"whole job, {j['audio_seconds']} s of speech; model only ({j['model_only']}): {j['model_only_seconds']} s")
+        for name in ("greedy", "beam_lm"):
+            if f"{name}_seconds" in j:
+                print(f"  w2v transcribe {name:8s} {j[f'{name}_seconds']} s = {j[f'{name}_vs_model_only']}x model only")
+    print(f"  load average before/after: {result['load_average']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
