@@ -165,6 +165,7 @@ def _new_card(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], op
         logits_are_log_probs=True,
         model_config=ckpt.model_config.to_dict(),
         vocabulary=list(ckpt.vocab.tokens),  # type: ignore[union-attr]
+        special_tokens=ckpt.vocab.special_tokens(),  # type: ignore[union-attr]
         source=source,
         versions={"torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__, "w2v": _w2v_version()},

@@ -143,3 +143,19 @@ def test_segments_cut_at_word_boundaries_decode_like_the_whole():
     joined = Transcript.join(parts)
     assert joined.text == whole.text == text
     assert joined.words == whole.words
+
+
+def test_blank_last_and_specials_never_reach_text_greedy_and_beam():
+    """An XLSR-recipe vocabulary: [PAD] (the blank) last, [UNK] and <s>/</s> special. Greedy and
+    beam search agree, and no special token shows in the text."""
+    from w2v_serve.vocab import Vocabulary
+
+    vocab = Vocabulary(("a", "b", "|", "[UNK]", "<s>", "</s>", "[PAD]"), unk="[UNK]", blank="[PAD]",
+                       pad="[PAD]", bos="<s>", eos="</s>")
+    path = [0, 6, 0, 3, 2, 4, 1, 5, 1, 6, 6, 2, 0]  # a a [UNK] | <s> b </s> b _ _ | a
+    logp = np.full((len(path), len(vocab)), -12.0, np.float32)
+    logp[np.arange(len(path)), path] = -0.01
+    greedy = CTCDecoder(vocab, DecoderOptions(method="greedy")).decode(logp)
+    beam = CTCDecoder(vocab, DecoderOptions(method="beam", beam_width=8)).decode(logp)
+    assert greedy.text == "aa bb a"
+    assert beam.text == greedy.text
