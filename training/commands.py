@@ -16,7 +16,7 @@ import torch.distributed as dist
 import yaml
 
 from training.checkpoint import load_checkpoint
-from training.convert import import_fairseq, import_hf
+from training.importers import import_fairseq, import_hf
 from training.finetune import FinetuneTask
 from training.pretrain import PretrainTask
 from training.task import Task

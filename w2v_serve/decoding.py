@@ -103,6 +103,10 @@ class DecoderOptions:
     hotword_weight: float = DEFAULT_HOTWORD_WEIGHT
     beam_prune_logp: float = -10.0
     token_min_logp: float = -5.0
+    # pyctcdecode's LM scoring of unknown words and of word boundaries (an imported
+    # Wav2Vec2ProcessorWithLM's attrs.json may set them; the card's "decoding" records them).
+    unk_score_offset: float = -10.0
+    score_boundary: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -152,6 +156,9 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
         lm = str(shipped)
     tuned = shipped is not None and lm is not None and Path(lm).resolve() == shipped.resolve()
     card = directory.card.decoding if tuned else {}
+    for key in ("unk_score_offset", "score_boundary"):
+        if key in card and rest.get(key) is None:
+            rest[key] = card[key]
     return DecoderOptions(method=method, lm=lm,
                           alpha=alpha if alpha is not None else float(card.get("alpha", DEFAULT_ALPHA)),
                           beta=beta if beta is not None else float(card.get("beta", DEFAULT_BETA)),
@@ -363,7 +370,8 @@ def _build_beam_decoder(labels: list[str], options: DecoderOptions):
     # pyctcdecode would index the unigrams in a pygtrie.CharTrie (5 s of start-up for the default
     # model's 104k words); the beam search only asks it whether a partial word is a prefix of a
     # known word, which a sorted list answers as well (built in ~50 ms).
-    language_model = LanguageModel(model, None, alpha=options.alpha, beta=options.beta)
+    language_model = LanguageModel(model, None, alpha=options.alpha, beta=options.beta,
+                                   unk_score_offset=options.unk_score_offset, score_boundary=options.score_boundary)
     language_model._unigram_set = _prepare_unigram_set(sorted(unigrams), model)
     language_model._char_trie = PrefixIndex(language_model._unigram_set)
     return BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), language_model)

@@ -143,7 +143,8 @@ class Vocabulary:
         ``tokenizer_config.json`` and ``special_tokens_map.json`` (transformers' defaults when
         absent). The blank is ``pad_token_id`` (the model's ``config.pad_token_id``) when given,
         else the pad token. ``vocab_size`` (the CTC head's outputs) cuts the tokens to the
-        logits that exist; an index the tokenizer leaves empty becomes a special placeholder.
+        logits that exist (tokens beyond it can never be emitted); an index below it without a
+        token is an error.
         """
         directory = Path(directory)
         mapping = _hf_vocab_mapping(directory / "vocab.json", language)
@@ -166,8 +167,13 @@ class Vocabulary:
                 raise VocabularyError(f"{directory}: tokens {by_index[i]!r} and {token!r} share index {i}")
             by_index[i] = token
         n = vocab_size if vocab_size is not None else max(by_index) + 1
-        tokens = [by_index.get(i, f"<extra_{i}>") for i in range(n)]
-        placeholders = [t for i, t in enumerate(tokens) if i not in by_index]
+        missing = [i for i in range(n) if i not in by_index]
+        if missing:
+            raise VocabularyError(
+                f"{directory}: the tokenizer has {len([i for i in by_index if i < n])} of the {n} tokens the CTC "
+                f"head's vocab_size={n} needs (no token for index {missing[0]}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + ")")
+        tokens = [by_index[i] for i in range(n)]
 
         def role(name: str, default: Optional[str]) -> Optional[str]:
             value = config.get(name, special_map.get(name, default))
@@ -193,7 +199,7 @@ class Vocabulary:
                 value = value.get("content") if isinstance(value, dict) else value
                 if isinstance(value, str):
                     extra.append(value)
-        extra += sorted(marked_special) + placeholders
+        extra += sorted(marked_special)
         unk = role("unk_token", UNK)
         others = tuple(dict.fromkeys(t for t in extra if t in tokens and t != delimiter))
         lower = config.get("do_lower_case")
