@@ -23,6 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="skip the export-time checks (ONNX checker, TensorRT ops, parity with PyTorch)")
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, >= 17 (default 17)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store each graph's weights in an ONNX external data file (GRAPH.onnx.data) beside it; "
+                        "automatic when the weights reach protobuf's 2 GB limit (XLS-R 1B/2B, MMS-1B)")
     p.add_argument("--repository", metavar="DIR",
                    help="also write a Triton model repository for this model directory")
     p.set_defaults(func=handler("export.exporter:cmd_export"))
