@@ -138,7 +138,7 @@ def reference(model, processor, audio: np.ndarray) -> tuple[np.ndarray, str]:
     with torch.no_grad():
         logits = model(inputs.input_values.float()).logits
     ids = logits.argmax(-1)
-    text = processor.batch_decode(ids)[0]
+    text = processor.tokenizer.batch_decode(ids)[0]   # what Wav2Vec2Processor.batch_decode runs
     return torch.log_softmax(logits.double(), -1)[0].numpy(), text
 
 
@@ -161,3 +161,92 @@ def hub_cache_layout(cache: Path, repo_id: str, source: Path, commit: str = "0" 
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+MMS_LANGUAGES = {
+    "eng": ["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz'"],
+    "fra": ["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyzéèàçô'"],
+}
+
+
+def build_mms(directory: Path, seed: int = 7):
+    """An MMS-style checkpoint: stable-layer-norm wav2vec2 with ``adapter_attn_dim``, a nested
+    per-language vocab.json, and ``adapter.<lang>.safetensors`` per language (the adapters and
+    the language's CTC head; model.safetensors holds English's). Returns the directory."""
+    import torch
+    import transformers as tf
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    nested = {lang: {t: i for i, t in enumerate(tokens)} for lang, tokens in MMS_LANGUAGES.items()}
+    path = directory / "_vocab_src.json"
+    path.write_text(json.dumps(nested))
+    tokenizer = tf.Wav2Vec2CTCTokenizer(str(path), target_lang="eng")
+    path.unlink()
+    torch.manual_seed(seed)
+    config = tf.Wav2Vec2Config(**dict(TINY, vocab_size=len(nested["eng"]), pad_token_id=0, adapter_attn_dim=8,
+                                      feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True))
+    model = tf.Wav2Vec2ForCTC(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(directory)
+    adapters = {k: v.detach().clone().contiguous() for k, v in model._get_adapters().items()}
+    save_file(adapters, str(directory / "adapter.eng.safetensors"))
+    generator = torch.Generator().manual_seed(seed + 1)
+    fra = {}
+    for k, v in adapters.items():
+        if k.startswith("lm_head."):
+            shape = (len(nested["fra"]),) + tuple(v.shape[1:])
+            fra[k] = torch.randn(shape, generator=generator) * (0.5 if k.endswith("weight") else 0.1)
+        else:
+            fra[k] = v + torch.randn(v.shape, generator=generator) * 0.1
+    save_file(fra, str(directory / "adapter.fra.safetensors"))
+    feature_extractor = tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    tf.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+def mms_reference(directory: Path, language: str):
+    """transformers' model and processor for one language of an MMS directory."""
+    import transformers as tf
+
+    model = tf.Wav2Vec2ForCTC.from_pretrained(directory, target_lang=language, ignore_mismatched_sizes=True).eval()
+    processor = tf.Wav2Vec2Processor.from_pretrained(directory)
+    processor.tokenizer.set_target_lang(language)
+    return model, processor
+
+
+LM_WORDS = {"the": -0.6, "cat": -1.0, "sat": -1.0, "on": -0.9, "mat": -1.1, "hat": -1.3}
+
+
+def write_arpa(path: Path, words: dict[str, float] = LM_WORDS) -> Path:
+    """A bigram ARPA file: unigrams ``words`` (log10 probabilities) and the bigrams of
+    "the cat sat on the mat"."""
+    bigrams = ["<s> the", "the cat", "cat sat", "sat on", "on the", "the mat", "mat </s>"]
+    lines = ["\\data\\", f"ngram 1={len(words) + 3}", f"ngram 2={len(bigrams)}", "", "\\1-grams:",
+             "-2.0\t<unk>\t0", "-99\t<s>\t-0.3", "-1.0\t</s>\t0"]
+    lines += [f"{p}\t{w}\t-0.3" for w, p in words.items()]
+    lines += ["", "\\2-grams:"] + [f"-0.2\t{b}" for b in bigrams]
+    path.write_text("\n".join(lines + ["", "\\end\\", ""]), encoding="utf-8")
+    return path
+
+
+def build_with_lm(family: str, directory: Path, *, alpha: float = 0.7, beta: float = 2.0,
+                  unk_score_offset: float = -8.0, score_boundary: bool = False, **kwargs: Any):
+    """A ``Wav2Vec2ProcessorWithLM`` repository: ``build``'s model and tokenizer, and a pyctcdecode
+    decoder with a KenLM ARPA model saved as ``language_model/`` + ``alphabet.json``. Returns
+    (model, processor with LM)."""
+    import transformers as tf
+    from pyctcdecode import build_ctcdecoder
+
+    model, processor = build(family, directory, **kwargs)
+    vocab = processor.tokenizer.get_vocab()
+    labels = [t.lower() for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][: model.config.vocab_size]
+    arpa = write_arpa(directory / "_lm.arpa")
+    decoder = build_ctcdecoder(labels, kenlm_model_path=str(arpa), alpha=alpha, beta=beta,
+                               unk_score_offset=unk_score_offset, lm_score_boundary=score_boundary)
+    with_lm = tf.Wav2Vec2ProcessorWithLM(feature_extractor=processor.feature_extractor,
+                                         tokenizer=processor.tokenizer, decoder=decoder)
+    with_lm.save_pretrained(directory)
+    arpa.unlink()
+    return model, with_lm
