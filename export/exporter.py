@@ -306,6 +306,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """``w2v import hf SRC [--out CKPT] [--export DIR]``: import, and with ``--export`` write the
+    model directory from the imported checkpoint in the same run."""
+    from training.commands import import_from_args
+
+    ckpt = import_from_args(args)
+    if getattr(args, "export", None):
+        out = export_model(ckpt, args.export, external_data=True if args.external_data else None)
+        _print_summary(out)
+    return 0
+
+
 def _print_summary(out: Path) -> None:
     from w2v_serve.model_dir import ModelDirectory
 

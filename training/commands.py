@@ -79,10 +79,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    export_dir = getattr(args, "export", None)
+def import_from_args(args: argparse.Namespace):
+    """The checkpoint ``w2v import`` asks for, written to ``--out`` when given; prints a summary."""
     if args.source == "hf":
-        if not args.out and not export_dir:
+        if not args.out and not getattr(args, "export", None):
             raise CheckpointError("give --out CKPT, --export DIR, or both")
         ckpt = import_hf(args.path, revision=args.revision, language=args.language)
     else:
@@ -99,13 +99,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {summary}")
     else:
         print(f"imported {args.path}: {summary}")
-    if export_dir:
-        from export.exporter import cmd_export
+    return ckpt
 
-        export_args = argparse.Namespace(checkpoint=args.out or ckpt, out=export_dir, fp16=False, int8=False,
-                                         no_check=False, opset=17, repository=None,
-                                         external_data=bool(getattr(args, "external_data", False)))
-        return cmd_export(export_args)
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import_from_args(args)
     return 0
 
 

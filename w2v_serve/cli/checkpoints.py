@@ -29,7 +29,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                          "ready for `w2v transcribe --model DIR` and `w2v serve --model DIR`")
     hf.add_argument("--external-data", action="store_true",
                     help="with --export: store the ONNX weights as external data (automatic above 2 GB)")
-    hf.set_defaults(func=handler("training.commands:cmd_import"))
+    hf.set_defaults(func=handler("export.exporter:cmd_import"))
     fs = src.add_parser("fairseq", help="a fairseq wav2vec2 or wav2vec_ctc checkpoint (.pt)")
     fs.add_argument("path", metavar="FILE")
     fs.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
