@@ -1,5 +1,5 @@
 """Import fairseq wav2vec 2.0 checkpoints: ``wav2vec2`` (pre-training) and ``wav2vec_ctc``
-(fine-tuned), both config styles (``cfg`` dataclass dicts and the legacy ``args`` Namespace),
+(fine-tuned), and HuBERT's ``hubert`` / ``hubert_ctc`` (the same graph), both config styles (``cfg`` dataclass dicts and the legacy ``args`` Namespace),
 both weight-norm key styles. Loaded with the weights-only unpickler and an allow-list of
 exactly what fairseq checkpoints hold."""
 
@@ -37,6 +37,9 @@ FAIRSEQ_RULES: list[Rule] = WEIGHT_NORM_RULES + [
 ]
 # Buffers and bookkeeping that carry no weights.
 FAIRSEQ_IGNORED = re.compile(r"(^|\.)(_float_tensor|version)$")
+# HuBERT's pre-training heads (cluster label embeddings and their projection): unused for CTC.
+HUBERT_IGNORED = re.compile(r"(^|\.)(_float_tensor|version|label_embs_concat|final_proj\.(weight|bias))$")
+HUBERT_ARCHS = ("hubert", "hubert_ctc")
 
 
 def _fairseq_allowed_globals() -> tuple:
@@ -124,8 +127,9 @@ def _fairseq_model_config(model: dict[str, Any], task: dict[str, Any], state: Ma
     if arch == "wav2vec":   # fairseq's name of wav2vec (2019) and vq-wav2vec, both without a Transformer
         raise CheckpointError("a wav2vec / vq-wav2vec checkpoint (architecture 'wav2vec'), not wav2vec 2.0: "
                               "`w2v codes --checkpoint` reads it as it is (training.vq_wav2vec.convert imports it)")
-    if not str(arch).startswith("wav2vec") and arch not in ("wav2vec_ctc",):
-        raise CheckpointError(f"not a wav2vec 2.0 checkpoint (architecture {arch!r})")
+    if not str(arch).startswith("wav2vec") and arch not in HUBERT_ARCHS:
+        raise CheckpointError(f"architecture {arch!r} is not supported (fairseq: wav2vec2, wav2vec_ctc, "
+                              f"hubert, hubert_ctc; data2vec: import its transformers conversion with `w2v import hf`)")
     if model.get("pos_conv_depth", 1) != 1:
         raise CheckpointError("pos_conv_depth > 1 (data2vec-style positional convs) is not supported")
     final_dim = model.get("final_dim", 0) or get("encoder_embed_dim")
@@ -134,6 +138,7 @@ def _fairseq_model_config(model: dict[str, Any], task: dict[str, Any], state: Ma
     if quantized and state["quantizer.codevectors"].shape[-1] * model.get("latent_groups", 2) != latent_dim:
         raise CheckpointError("quantizer.vars does not match latent_dim / latent_groups")
     return ModelConfig(
+        family="hubert" if arch in HUBERT_ARCHS else "wav2vec2",
         extractor_mode=model.get("extractor_mode", "default"),
         conv_layers=parse_conv_layers(model.get("conv_feature_layers", "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2")),
         conv_bias=bool(model.get("conv_bias", False)),
@@ -169,7 +174,8 @@ def import_fairseq(path: str | Path, dictionary: Optional[str | Path] = None) ->
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state)")
     model_cfg, task_cfg = _fairseq_configs(ckpt)
-    state = rename_state(ckpt["model"], FAIRSEQ_RULES, FAIRSEQ_IGNORED)
+    hubert = (model_cfg.get("_name") or model_cfg.get("arch")) in HUBERT_ARCHS
+    state = rename_state(ckpt["model"], FAIRSEQ_RULES, HUBERT_IGNORED if hubert else FAIRSEQ_IGNORED)
     vocab = None
     vocab_size = None
     if "ctc_head.weight" in state:
