@@ -133,6 +133,8 @@ def test_data2vec_audio(tmp_path, capsys, speech):
 
 def test_other_model_types_are_refused_in_one_line(tmp_path, capsys):
     fam.build("wav2vec2", tmp_path / "src")
+    code, out, err = run(capsys, "import", "hf", tmp_path / "src", "--out", tmp_path / "x.ckpt", "--language", "fra")
+    assert code == 2 and "--language is for MMS checkpoints" in err and len(err.strip().splitlines()) == 1
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps({**config, "model_type": "sew"}))
     code, out, err = run(capsys, "import", "hf", tmp_path / "src", "--out", tmp_path / "x.ckpt")

@@ -260,8 +260,10 @@ def import_hf(source: str | Path, *, revision: Optional[str] = None, language: O
             raw.update({(k if k.startswith("lm_head.") or k.startswith(prefix) else prefix + k): v
                         for k, v in adapter.items()})
             meta["language"] = language
-    elif language is not None and not (directory / "vocab.json").exists():
-        raise CheckpointError("--language is for MMS checkpoints with language adapters; this one has none")
+    elif language is not None and not (
+            (directory / "vocab.json").exists() and hf_vocab_languages(directory / "vocab.json")):
+        raise CheckpointError("--language is for MMS checkpoints (language adapters, a vocabulary per "
+                              "language); this one has neither")
 
     state = rename_state(raw, HF_RULES)
     with_ctc = any(k.startswith("ctc_head.") for k in state)
