@@ -36,6 +36,8 @@ FP32_MAX_REL_ERROR = 1e-4
 # int8 quantizes the conv encoder too unless that costs more than this much argmax agreement
 # over quantizing the transformer's matrix products alone.
 INT8_CONV_AGREEMENT_COST = 0.01
+# protobuf cannot serialize a model of 2 GiB or more; above this the weights go to external data.
+EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2
 # The trial behind that choice: the parity batches plus two longer rows (~580 frames in all),
 # so that a 1 % difference is more than a few frames of noise.
 INT8_TRIAL_BATCHES = ((16000,), (24000, 9600), (6400, 32000, 13000), (48000, 40000))
@@ -82,8 +84,13 @@ def checked_checkpoint(checkpoint: str | Path | Checkpoint) -> tuple[Checkpoint,
 
 # ---------------------------------------------------------------------------- export
 def export_model(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, fp16: bool = False,
-                 int8: bool = False, check: bool = True, opset: int = MIN_OPSET) -> Path:
-    """Write a complete model directory for ``checkpoint`` to ``out_dir``; returns ``out_dir``."""
+                 int8: bool = False, check: bool = True, opset: int = MIN_OPSET,
+                 external_data: Optional[bool] = None) -> Path:
+    """Write a complete model directory for ``checkpoint`` to ``out_dir``; returns ``out_dir``.
+
+    ``external_data``: store each graph's weights in ``<graph file>.data`` beside it (ONNX
+    external data); None: only when the weights reach protobuf's 2 GB limit (XLS-R 1B/2B, MMS-1B).
+    """
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
     ckpt, source = checked_checkpoint(checkpoint)
@@ -93,7 +100,10 @@ def export_model(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, fp
     _remove_stale_staging(out_dir)
     work = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
     try:
-        card = _build_directory(model, ckpt, source, work, fp16=fp16, int8=int8, check=check, opset=opset)
+        if external_data is None:
+            external_data = _weight_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+        card = _build_directory(model, ckpt, source, work, fp16=fp16, int8=int8, check=check, opset=opset,
+                                external_data=external_data)
         _move_into(work, out_dir, card)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -119,13 +129,17 @@ def _remove_stale_staging(out_dir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _weight_bytes(model: Wav2Vec2Model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], work: Path, *,
-                     fp16: bool, int8: bool, check: bool, opset: int) -> ModelCard:
+                     fp16: bool, int8: bool, check: bool, opset: int, external_data: bool = False) -> ModelCard:
     from export import variants
 
     files = {g: graph_file(g, "fp32") for g in GRAPHS}
     for graph, name in files.items():
-        export_graph(model, graph, work / name, opset)
+        export_graph(model, graph, work / name, opset, external_data=external_data)
     card = _new_card(model, ckpt, source, opset)
     card.variants["fp32"] = files
     if fp16:
@@ -134,10 +148,49 @@ def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, A
             variants.write_fp16(work / files[g], work / card.variants["fp16"][g])
     if int8:
         card.variants["int8"] = _write_int8(model, work, files, card, check, opset)
+    if external_data:
+        card.extra["external_data"] = {n: move_to_external_data(work / n).name
+                                       for files_ in card.variants.values() for n in files_.values()}
     ckpt.vocab.save(work / VOCAB_NAME)  # type: ignore[union-attr]
+    _ship_language_model(ckpt, work, card)
     if check:
         _check_all(model, work, card)
     return card
+
+
+def move_to_external_data(path: Path) -> Path:
+    """Rewrite the ONNX file ``path`` with all its weights in one external data file
+    ``<name>.data`` beside it (ONNX Runtime and OpenVINO read it from the graph's folder);
+    returns the data file."""
+    data = path.with_name(path.name + ".data")
+    model = onnx.load(str(path))   # external data, if any, is read in
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return data
+
+
+def _ship_language_model(ckpt: Checkpoint, work: Path, card: ModelCard) -> None:
+    """An imported ``Wav2Vec2ProcessorWithLM``'s language model (the checkpoint's
+    ``meta["decoding"]``) goes into the directory as the project's models ship one: ``lm.arpa``
+    or ``lm.bin`` with ``lm.unigrams.txt``, named with its alpha/beta in the card's ``decoding``."""
+    lm = ckpt.meta.get("decoding")
+    if not lm:
+        return
+    src = Path(lm["source_lm"])
+    if not src.is_file():
+        raise ExportError(f"{src}: the checkpoint's language model is missing (import it again)")
+    name = "lm.arpa" if src.suffix == ".arpa" else "lm.bin"
+    shutil.copyfile(src, work / name)
+    decoding: dict[str, Any] = {"lm": name, "alpha": lm["alpha"], "beta": lm["beta"],
+                                "unk_score_offset": lm["unk_score_offset"], "score_boundary": lm["score_boundary"],
+                                "tuned_on": "imported with the checkpoint (Wav2Vec2ProcessorWithLM attrs.json)"}
+    if lm.get("source_unigrams"):
+        shutil.copyfile(lm["source_unigrams"], work / "lm.unigrams.txt")
+        decoding["unigrams"] = "lm.unigrams.txt"
+    elif name != "lm.arpa":
+        raise ExportError(f"{src}: a binary KenLM file needs its unigrams.txt beside it")
+    card.decoding = decoding
 
 
 def _write_int8(model: Wav2Vec2Model, work: Path, fp32_files: dict[str, str], card: ModelCard,
@@ -185,6 +238,7 @@ def _new_card(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, Any], op
         logits_are_log_probs=True,
         model_config=ckpt.model_config.to_dict(),
         vocabulary=list(ckpt.vocab.tokens),  # type: ignore[union-attr]
+        special_tokens=ckpt.vocab.special_tokens(),  # type: ignore[union-attr]
         source=source,
         versions={"torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__, "w2v": _w2v_version()},
@@ -256,6 +310,8 @@ def _move_into(work: Path, out_dir: Path, card: ModelCard) -> None:
     (out_dir / PRECISION_CHECK_NAME).unlink(missing_ok=True)
     write_card(work, card)
     names = [VOCAB_NAME] + [n for files in card.variants.values() for n in files.values()]
+    names += list(card.extra.get("external_data", {}).values())
+    names += [card.decoding[k] for k in ("lm", "unigrams") if card.decoding.get(k)]
     for name in names:
         os.replace(work / name, out_dir / name)
     write_card(out_dir, card)
@@ -277,7 +333,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not NAME_PATTERN.fullmatch(name):
             raise ExportError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     out = export_model(args.checkpoint, args.out, fp16=args.fp16, int8=args.int8,
-                       check=not args.no_check, opset=args.opset)
+                       check=not args.no_check, opset=args.opset,
+                       external_data=True if getattr(args, "external_data", False) else None)
     if name or language:
         from w2v_serve.model_dir import ModelDirectory
 
@@ -293,6 +350,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         ensure_precision_record(out, trigger="export")
     if getattr(args, "repository", None):
         _write_repository(out, Path(args.repository))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``w2v import hf SRC [--out CKPT] [--export DIR]``: import, and with ``--export`` write the
+    model directory from the imported checkpoint in the same run."""
+    from training.commands import import_from_args
+
+    ckpt = import_from_args(args)
+    if getattr(args, "export", None):
+        out = export_model(ckpt, args.export, external_data=True if args.external_data else None)
+        _print_summary(out)
     return 0
 
 

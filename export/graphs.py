@@ -250,16 +250,42 @@ def example_inputs(graph: str, model: Wav2Vec2Model) -> tuple[Tensor, Tensor]:
         return model.encode_features(audio, samples)  # type: ignore[return-value]
 
 
-def export_graph(model: Wav2Vec2Model, graph: str, path: str | Path, opset: int) -> Path:
-    """Export one graph of an ``inference_copy`` model to ``path`` (ONNX, fp32)."""
+def export_graph(model: Wav2Vec2Model, graph: str, path: str | Path, opset: int,
+                 external_data: bool = False) -> Path:
+    """Export one graph of an ``inference_copy`` model to ``path`` (ONNX, fp32).
+
+    ``external_data``: trace into a folder of its own (torch writes the weights of a model over
+    2 GB as one file per tensor there), then store the graph at ``path`` with its weights in
+    one ``<name>.data`` file beside it."""
     inputs, outputs = GRAPH_IO[graph]
     wrapper = WRAPPERS[graph](model).eval()
     args = example_inputs(graph, model)
     path = Path(path)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper, args, str(path), input_names=list(inputs), output_names=list(outputs),
-            dynamic_axes={n: _DYNAMIC_AXES[n] for n in inputs + outputs},
-            opset_version=opset, do_constant_folding=True, dynamo=False,
-        )
+    target = path
+    scratch = None
+    if external_data:
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
+        target = scratch / path.name
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper, args, str(target), input_names=list(inputs), output_names=list(outputs),
+                dynamic_axes={n: _DYNAMIC_AXES[n] for n in inputs + outputs},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        if scratch is not None:
+            import onnx
+
+            onnx_model = onnx.load(str(target))
+            data = path.with_name(path.name + ".data")
+            data.unlink(missing_ok=True)
+            onnx.save_model(onnx_model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     return path

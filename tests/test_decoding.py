@@ -257,3 +257,19 @@ def test_per_call_lm_weights_equal_a_decoder_built_with_them_and_share_the_lm(bu
         assert default.decode(lp, alpha=1.2, beta=0.0) == other.decode(lp)
         assert default.decode(lp, alpha=0.0, beta=0.0).text == _bundled_decoder(bundled, method=BEAM, no_lm=True).decode(lp).text
     assert (default._beam.language_model.alpha, default._beam.language_model.beta) == (0.5, 1.0)   # untouched
+
+
+def test_blank_last_and_specials_never_reach_text_greedy_and_beam():
+    """An XLSR-recipe vocabulary: [PAD] (the blank) last, [UNK] and <s>/</s> special. Greedy and
+    beam search agree, and no special token shows in the text."""
+    from w2v_serve.vocab import Vocabulary
+
+    vocab = Vocabulary(("a", "b", "|", "[UNK]", "<s>", "</s>", "[PAD]"), unk="[UNK]", blank="[PAD]",
+                       pad="[PAD]", bos="<s>", eos="</s>")
+    path = [0, 6, 0, 3, 2, 4, 1, 5, 1, 6, 6, 2, 0]  # a a [UNK] | <s> b </s> b _ _ | a
+    logp = np.full((len(path), len(vocab)), -12.0, np.float32)
+    logp[np.arange(len(path)), path] = -0.01
+    greedy = CTCDecoder(vocab, DecoderOptions(method="greedy")).decode(logp)
+    beam = CTCDecoder(vocab, DecoderOptions(method="beam", beam_width=8)).decode(logp)
+    assert greedy.text == "aa bb a"
+    assert beam.text == greedy.text

@@ -189,3 +189,36 @@ def test_conv_layer_spec_is_parsed_without_eval():
         [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
     with pytest.raises(CheckpointError):
         parse_conv_layers("__import__('os').system('true')")
+
+
+@pytest.mark.slow
+def test_fairseq_hubert_ctc_imports_to_transformers_numbers(tmp_path):
+    """A fairseq hubert_ctc checkpoint (the same graph as wav2vec_ctc; HuBERT's pre-training
+    label embeddings and projection are dropped) gives transformers' HubertForCTC numbers."""
+    from tests import hf_families as fam
+
+    model, _ = fam.build("hubert", tmp_path / "src", vocab="english", do_normalize=False, seed=12)
+    hf_state = {re.sub(r"^hubert\.", "wav2vec2.", k): v for k, v in load_file(str(tmp_path / "src" / "model.safetensors")).items()}
+    state = to_fairseq_state(hf_state, "group", "legacy", ctc=True)
+    state["w2v_encoder.w2v_model.label_embs_concat"] = torch.zeros(3, 8)
+    c = model.config
+    cfg = {"_name": "hubert", "extractor_mode": "default", "conv_bias": False,
+           "encoder_layers": c.num_hidden_layers, "encoder_embed_dim": c.hidden_size,
+           "encoder_ffn_embed_dim": c.intermediate_size, "encoder_attention_heads": c.num_attention_heads,
+           "layer_norm_first": False, "conv_pos": c.num_conv_pos_embeddings,
+           "conv_pos_groups": c.num_conv_pos_embedding_groups, "final_dim": 8,
+           "conv_feature_layers": "[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2"}
+    fs_path = tmp_path / "hubert_ctc.pt"
+    write_fairseq_ckpt(fs_path, state, cfg, False, True, "cfg")
+    torch.save({**torch.load(fs_path, weights_only=False),
+                "cfg": {"model": {"_name": "hubert_ctc", "w2v_args": {"model": cfg, "task": {"normalize": False}}},
+                        "task": {"normalize": False}}}, fs_path)
+    tokens = list(fam.ENGLISH_VOCAB)
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{t} {1000 - i}\n" for i, t in enumerate(tokens[4:])))
+    ckpt = import_fairseq(fs_path)
+    assert ckpt.model_config.family == "hubert" and list(ckpt.vocab.tokens) == tokens
+    x = torch.from_numpy(speech_like(13000, seed=7, scale=0.2))[None]
+    with torch.no_grad():
+        ref = model(x).logits
+        got, _ = ckpt.build_model()(x)
+    assert_close_rel(got, ref, rtol=1e-5)

@@ -59,3 +59,55 @@ def test_pyctcdecode_labels_blank_empty_delimiter_space():
     labels = v.pyctcdecode_labels()
     assert labels[0] == "" and labels[4] == " " and labels[5] == "A"
     assert len(set(labels)) == len(labels)
+
+
+# ---------------------------------------------------------------------------- token roles
+def _xlsr_tokenizer(directory, *, added=True):
+    """The XLSR fine-tuning recipe's tokenizer files as transformers 4 wrote them: [UNK] and
+    [PAD] appended last to vocab.json, <s>/</s> in added_tokens.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "|": 2, "c": 3, "[UNK]": 4, "[PAD]": 5}))
+    if added:
+        (directory / "added_tokens.json").write_text(json.dumps({"<s>": 6, "</s>": 7}))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "[UNK]", "pad_token": "[PAD]"}))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"unk_token": "[UNK]", "pad_token": "[PAD]", "word_delimiter_token": "|", "do_lower_case": False}))
+    return directory
+
+
+def test_hf_tokenizer_roles_pad_last_and_added_tokens(tmp_path):
+    v = Vocabulary.from_hf_tokenizer(_xlsr_tokenizer(tmp_path / "tok"), vocab_size=8, pad_token_id=5)
+    assert v.tokens == ("a", "b", "|", "c", "[UNK]", "[PAD]", "<s>", "</s>")
+    assert (v.blank, v.blank_id, v.unk, v.word_delimiter, v.bos, v.eos) == ("[PAD]", 5, "[UNK]", "|", "<s>", "</s>")
+    assert v.specials == {"[PAD]", "[UNK]", "<s>", "</s>"}
+    # The roles survive a checkpoint round trip.
+    assert Vocabulary.from_dict(v.to_dict()) == v
+    # Collapsed ids with specials in between: only the letters and the delimiter reach text.
+    assert v.decode([0, 4, 0, 2, 6, 1, 7, 3, 5]) == "aa bc"
+
+
+def test_hf_tokenizer_head_smaller_than_tokenizer_drops_tokens_it_cannot_emit(tmp_path):
+    v = Vocabulary.from_hf_tokenizer(_xlsr_tokenizer(tmp_path / "tok"), vocab_size=6, pad_token_id=5)
+    assert len(v) == 6 and v.bos is None and v.blank_id == 5
+
+
+def test_pyctcdecode_labels_blank_anywhere_and_specials_unique(tmp_path):
+    v = Vocabulary.from_hf_tokenizer(_xlsr_tokenizer(tmp_path / "tok"), vocab_size=8, pad_token_id=5)
+    assert v.pyctcdecode_labels() == ["a", "b", " ", "c", "⁇4", "", "⁇6", "⁇7"]
+
+
+def test_nested_vocab_needs_a_known_language(tmp_path):
+    (tmp_path / "vocab.json").write_text(json.dumps({"eng": {"<pad>": 0, "a": 1, "|": 2},
+                                                     "fra": {"<pad>": 0, "é": 1, "|": 2}}))
+    with pytest.raises(VocabularyError, match="available: eng, fra"):
+        Vocabulary.from_hf_tokenizer(tmp_path)
+    with pytest.raises(VocabularyError, match="available: eng, fra"):
+        Vocabulary.from_hf_tokenizer(tmp_path, language="deu")
+    assert Vocabulary.from_hf_tokenizer(tmp_path, language="fra").tokens == ("<pad>", "é", "|")
+
+
+def test_vocabulary_without_roles_keeps_old_meaning():
+    v = Vocabulary(("<pad>", "<s>", "</s>", "<unk>", "|", "A"))
+    assert v.blank_id == 0 and v.specials == {"<pad>", "<s>", "</s>", "<unk>"}
+    assert v.with_roles({}) is v

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from training.checkpoint import FORMAT as W2V_FORMAT
 from training.checkpoint import CheckpointError, load_checkpoint, safe_torch_load
-from training.convert import _fairseq_allowed_globals, import_fairseq
+from training.importers.fairseq import _fairseq_allowed_globals, import_fairseq
 from training.vq_wav2vec.convert import VQ_FORMAT, VQWav2VecCheckpoint, vq_wav2vec_checkpoint_from
 from w2v_serve.audio import AudioError, load_audio
 

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from training.checkpoint import load_checkpoint
-from training.convert import import_fairseq, import_hf
+from training.checkpoint import CheckpointError, load_checkpoint
+from training.importers import import_fairseq, import_hf
 from training.finetune import FinetuneTask
 from training.pretrain import PretrainTask
 from training.task import Task
@@ -79,18 +79,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def import_from_args(args: argparse.Namespace):
+    """The checkpoint ``w2v import`` asks for, written to ``--out`` when given; prints a summary."""
     if args.source == "hf":
-        ckpt = import_hf(args.path)
+        if not args.out and not getattr(args, "export", None):
+            raise CheckpointError("give --out CKPT, --export DIR, or both")
+        ckpt = import_hf(args.path, revision=args.revision, language=args.language)
     else:
         ckpt = import_fairseq(args.path, args.dict)
-    ckpt.save(args.out)
     cfg = ckpt.model_config
     params = sum(t.numel() for t in ckpt.model_state.values())
     vocab = f", vocabulary of {len(ckpt.vocab)}" if ckpt.vocab is not None else ""
-    print(f"wrote {args.out}: {ckpt.kind} checkpoint, {cfg.num_layers} x {cfg.embed_dim} "
-          f"({'pre-LN' if cfg.layer_norm_first else 'post-LN'}, {cfg.extractor_mode} conv encoder), "
-          f"{params / 1e6:.1f} M parameters{vocab}")
+    lm = ", with its language model" if ckpt.meta.get("decoding") else ""
+    summary = (f"{ckpt.kind} checkpoint ({cfg.family}), {cfg.num_layers} x {cfg.embed_dim} "
+               f"({'pre-LN' if cfg.layer_norm_first else 'post-LN'}, {cfg.extractor_mode} conv encoder), "
+               f"{params / 1e6:.1f} M parameters{vocab}{lm}")
+    if args.out:
+        ckpt.save(args.out)
+        print(f"wrote {args.out}: {summary}")
+    else:
+        print(f"imported {args.path}: {summary}")
+    return ckpt
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import_from_args(args)
     return 0
 
 

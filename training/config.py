@@ -18,8 +18,14 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
 
+# The published model families this ModelConfig describes (one network with a few switches).
+FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec_audio")
+
+
 @dataclass
 class ModelConfig:
+    # Which published family the network follows; the switches below carry the differences.
+    family: str = "wav2vec2"
     # Feature encoder f: X -> Z.
     extractor_mode: str = "default"          # "default" (GroupNorm in block 1) | "layer_norm"
     conv_layers: list = field(default_factory=lambda: [list(c) for c in PAPER_CONV_LAYERS])
@@ -34,6 +40,11 @@ class ModelConfig:
     layer_norm_first: bool = False           # False: post-LN (BASE); True: pre-LN (LARGE)
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
+    pos_conv_depth: int = 0                  # 0: one weight-normed conv; N: data2vec-audio's N plain convs
+    feature_projection_layer_norm: bool = True   # HuBERT's feat_proj_layer_norm
+    relative_position_buckets: int = 0       # WavLM's gated relative position bias (320); 0: none
+    relative_position_max_distance: int = 800
+    adapter_dim: Optional[int] = None        # MMS's per-language adapter in each block; None: none
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -60,6 +71,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.conv_layers = [list(map(int, c)) for c in self.conv_layers]
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
         if self.extractor_mode not in ("default", "layer_norm"):
             raise ConfigError(f"extractor_mode must be 'default' or 'layer_norm', not {self.extractor_mode!r}")
         if any(len(c) != 3 for c in self.conv_layers):

@@ -64,11 +64,17 @@ def make_language_model(kenlm_model, unigrams: Iterable[str], alpha: float, beta
     return lm
 
 
-def with_weights(language_model, alpha: float, beta: float):
+def with_weights(language_model, alpha: float, beta: float, unk_score_offset: Optional[float] = None,
+                 score_boundary: Optional[bool] = None):
     """The same loaded LM (KenLM model, word set, prefix index shared) with other weights:
-    what a request's own ``alpha``/``beta`` cost is this object, a few hundred bytes."""
+    what a request's own ``alpha``/``beta`` cost is this object, a few hundred bytes. An imported
+    processor's ``unk_score_offset`` / ``score_boundary`` are set the same way."""
     other = copy.copy(language_model)
     other.alpha, other.beta = float(alpha), float(beta)
+    if unk_score_offset is not None:
+        other.unk_score_offset = float(unk_score_offset)
+    if score_boundary is not None:
+        other.score_boundary = bool(score_boundary)
     return other
 
 

@@ -104,6 +104,10 @@ class DecoderOptions:
     hotword_weight: float = DEFAULT_HOTWORD_WEIGHT
     beam_prune_logp: float = -10.0
     token_min_logp: float = -5.0
+    # pyctcdecode's LM scoring of unknown words and of word boundaries (an imported
+    # Wav2Vec2ProcessorWithLM's attrs.json may set them; the card's "decoding" records them).
+    unk_score_offset: float = -10.0
+    score_boundary: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -153,6 +157,9 @@ def options_for_model(model_dir, *, method: Optional[str] = None, lm: Optional[s
         lm = str(shipped)
     tuned = shipped is not None and lm is not None and Path(lm).resolve() == shipped.resolve()
     card = directory.card.decoding if tuned else {}
+    for key in ("unk_score_offset", "score_boundary"):
+        if key in card and rest.get(key) is None:
+            rest[key] = card[key]
     return DecoderOptions(method=method, lm=lm,
                           alpha=alpha if alpha is not None else float(card.get("alpha", DEFAULT_ALPHA)),
                           beta=beta if beta is not None else float(card.get("beta", DEFAULT_BETA)),
@@ -396,7 +403,9 @@ def _build_beam_decoder(labels: list[str], options: DecoderOptions) -> BeamSearc
     if not unigrams_file.is_file() and not _is_arpa(lm_path):
         raise DecoderError(f"{lm_path}: a binary LM needs its unigram list ({unigrams_file} not found; "
                            "pass unigrams=... / --unigrams FILE)")
-    return BeamSearch(labels, with_weights(_loaded_lm(lm_path, unigrams_file), options.alpha, options.beta), **search)
+    lm = with_weights(_loaded_lm(lm_path, unigrams_file), options.alpha, options.beta,
+                      options.unk_score_offset, options.score_boundary)
+    return BeamSearch(labels, lm, **search)
 
 
 _LOADED: dict = {}

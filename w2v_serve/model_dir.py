@@ -4,7 +4,9 @@ Layout::
 
     DIR/
       model_card.json      this module's ModelCard (format "w2v-model", version 1)
-      vocab.json           the CTC vocabulary ({token: index}, blank at 0)
+      vocab.json           the CTC vocabulary ({token: index}); the card's "special_tokens" names the
+                           blank (config.pad_token_id of a transformers model), pad, unk, word
+                           delimiter, bos/eos and other specials (none of them reach text)
       model.onnx           full graph:  audio f32 [B, S], lengths i64 [B]
                                         -> logits f32 [B, T, V], logit_lengths i64 [B]
       encoder.onnx         conv encoder: audio, lengths -> features f32 [B, T, C], feature_lengths i64 [B]
@@ -64,6 +66,10 @@ class ModelCard:
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)      # the CTC tokens (vocab.json holds the same)
+    # The tokens' roles (Vocabulary.special_tokens()): blank, pad, unk, word_delimiter, bos, eos,
+    # other_specials, plus blank_id and the full list of specials for readers. Empty in
+    # directories written before roles were recorded: blank at 0, the usual names special.
+    special_tokens: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)     # checkpoint path, sha256, meta
     checks: dict[str, Any] = field(default_factory=dict)     # parity results per variant
     versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime
@@ -121,7 +127,7 @@ class ModelDirectory:
             raise ModelDirError(f"{card_path}: not valid JSON: {e}") from e
         except (UnicodeDecodeError, OSError) as e:
             raise ModelDirError(f"{card_path}: cannot read the model card ({e})") from None
-        vocab = Vocabulary.load(inside(path, VOCAB_NAME, "vocabulary"))
+        vocab = Vocabulary.load(inside(path, VOCAB_NAME, "vocabulary")).with_roles(card.special_tokens)
         return cls(path, card, vocab)
 
     def file(self, name: object, what: str) -> Path:

@@ -197,11 +197,13 @@ class FeatureEncoder(ConvStackGeometry, nn.Module):
 
 
 class FeatureProjection(nn.Module):
-    """LayerNorm over the conv features, then a linear map to the model dimension d."""
+    """LayerNorm over the conv features (optional), then a linear map to the model dimension d."""
 
-    def __init__(self, in_features: int, out_features: int, dropout: float, eps: float = 1e-5) -> None:
+    def __init__(self, in_features: int, out_features: int, dropout: float, eps: float = 1e-5,
+                 layer_norm: bool = True) -> None:
         super().__init__()
-        self.layer_norm = nn.LayerNorm(in_features, eps=eps)
+        # HuBERT may leave the LayerNorm out (transformers' feat_proj_layer_norm=False).
+        self.layer_norm: nn.Module = nn.LayerNorm(in_features, eps=eps) if layer_norm else nn.Identity()
         self.projection = nn.Linear(in_features, out_features)
         self.dropout = nn.Dropout(dropout)
 
@@ -261,10 +263,99 @@ class ConvolutionalPositionalEmbedding(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
+class StackedConvPositionalEmbedding(nn.Module):
+    """data2vec-audio's positional term (Baevski et al., 2022): ``depth`` plain grouped
+    convolutions (kernel 19 in the paper's audio model), each followed by the trailing frame of
+    an even kernel dropped, a LayerNorm without parameters over channels and GELU."""
+
+    def __init__(self, embed_dim: int, kernel_size: int, groups: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Conv1d(embed_dim, embed_dim, kernel_size, padding=kernel_size // 2, groups=groups)
+            for _ in range(depth)
+        )
+        self.num_remove = 1 if kernel_size % 2 == 0 else 0
+        self.embed_dim = embed_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, T, d] -> positional term [B, T, d]."""
+        y = x.transpose(1, 2)
+        for conv in self.layers:
+            y = conv(y)
+            if self.num_remove:
+                y = y[:, :, : -self.num_remove]
+            y = F.layer_norm(y.transpose(1, 2), (self.embed_dim,)).transpose(1, 2)
+            y = F.gelu(y)
+        return y.transpose(1, 2)
+
+
+class RelativePositionBias(nn.Module):
+    """WavLM's bucketed relative position bias (Chen et al., 2022, eq. 4, T5's buckets): one
+    learned scalar per head and bucket of the offset j - i; half the buckets for positive
+    offsets, exact below ``num_buckets / 4``, logarithmic up to ``max_distance``."""
+
+    def __init__(self, num_buckets: int, max_distance: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def buckets(self, frames: int | Tensor, device: torch.device) -> Tensor:
+        positions = torch.arange(frames, device=device)
+        offset = positions.unsqueeze(0) - positions.unsqueeze(1)     # [T, T]: key j - query i
+        half = self.num_buckets // 2
+        exact = half // 2
+        bucket = (offset > 0).to(torch.long) * half
+        distance = offset.abs()
+        # clamp(min=1): log(0) is never selected below, but must not reach an integer cast.
+        scaled = torch.log(distance.clamp(min=1).float() / exact) / math.log(self.max_distance / exact)
+        large = (exact + scaled * (half - exact)).to(torch.long).clamp(max=half - 1)
+        return bucket + torch.where(distance < exact, distance, large)
+
+    def forward(self, frames: int | Tensor, device: torch.device) -> Tensor:
+        """-> bias [1, H, T, T] for T frames."""
+        return self.embedding(self.buckets(frames, device)).permute(2, 0, 1).unsqueeze(0)
+
+
+class RelativePositionGate(nn.Module):
+    """WavLM's gate on the relative position bias, per head and query frame (eq. 5):
+    (g_update, g_reset) = sigmoid(q_i · u, q_i · w) (each a sum of 4 projections), and the bias
+    r_{i-j} becomes g_update · r + (1 - g_update) · w·g_reset·r, written as transformers does:
+    gate = g_update · (g_reset · const - 1) + 2."""
+
+    def __init__(self, head_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(head_dim, 8)
+        self.const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+
+    def forward(self, x: Tensor, num_heads: int) -> Tensor:
+        """x: the attention's input [B, T, d] -> gate [B, H, T, 1]."""
+        b, t, d = x.shape
+        heads = x.view(b, t, num_heads, d // num_heads).transpose(1, 2)       # [B, H, T, d/H]
+        proj = self.linear(heads).view(b, num_heads, t, 2, 4).sum(-1)         # [B, H, T, 2]
+        gate = torch.sigmoid(proj)
+        update, reset = gate[..., 0:1], gate[..., 1:2]
+        return update * (reset * self.const - 1.0) + 2.0
+
+
+class Adapter(nn.Module):
+    """MMS's per-language adapter in a Transformer block (Pratap et al., 2023):
+    x + W_2 ReLU(W_1 LayerNorm(x)), W_1: d -> adapter dim."""
+
+    def __init__(self, embed_dim: int, adapter_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)
+        self.linear_1 = nn.Linear(embed_dim, adapter_dim)
+        self.linear_2 = nn.Linear(adapter_dim, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(F.relu(self.linear_1(self.norm(x))))
+
+
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention; keys beyond a row's length are ignored."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, gated_position_bias: bool = False) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
@@ -275,10 +366,18 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.gate: Optional[RelativePositionGate] = (
+            RelativePositionGate(self.head_dim, num_heads) if gated_position_bias else None
+        )
 
-    def forward(self, x: Tensor, attention_bias: Optional[Tensor]) -> Tensor:
-        """x: [B, T, d]; attention_bias: additive [B, 1, 1, T] (0 or very negative) or None."""
+    def forward(self, x: Tensor, attention_bias: Optional[Tensor],
+                position_bias: Optional[Tensor] = None) -> Tensor:
+        """x: [B, T, d]; attention_bias: additive [B, 1, 1, T] (0 or very negative) or None;
+        position_bias: [1, H, T, T] relative position bias (WavLM), gated per query by ``gate``."""
         b, t, d = x.shape
+        if position_bias is not None and self.gate is not None:
+            bias = self.gate(x, self.num_heads) * position_bias
+            attention_bias = bias if attention_bias is None else bias + attention_bias
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
@@ -307,20 +406,26 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, ffn_dim: int, dropout: float,
                  attention_dropout: float, activation_dropout: float, layer_norm_first: bool,
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, gated_position_bias: bool = False,
+                 adapter_dim: Optional[int] = None) -> None:
         super().__init__()
-        self.attention = SelfAttention(embed_dim, num_heads, attention_dropout)
+        self.attention = SelfAttention(embed_dim, num_heads, attention_dropout, gated_position_bias)
         self.dropout = nn.Dropout(dropout)
         self.attention_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.feed_forward = FeedForward(embed_dim, ffn_dim, activation_dropout, dropout)
         self.final_layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.layer_norm_first = layer_norm_first
+        if adapter_dim is not None and not layer_norm_first:
+            raise ValueError("adapters are only defined for pre-LN blocks (MMS)")
+        self.adapter: Optional[Adapter] = Adapter(embed_dim, adapter_dim) if adapter_dim else None
 
-    def forward(self, x: Tensor, attention_bias: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, attention_bias: Optional[Tensor],
+                position_bias: Optional[Tensor] = None) -> Tensor:
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.attention_layer_norm(x), attention_bias))
-            return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.attention_layer_norm(x + self.dropout(self.attention(x, attention_bias)))
+            x = x + self.dropout(self.attention(self.attention_layer_norm(x), attention_bias, position_bias))
+            x = x + self.feed_forward(self.final_layer_norm(x))
+            return x if self.adapter is None else x + self.adapter(x)
+        x = self.attention_layer_norm(x + self.dropout(self.attention(x, attention_bias, position_bias)))
         return self.final_layer_norm(x + self.feed_forward(x))
 
 
@@ -334,16 +439,26 @@ class TransformerEncoder(nn.Module):
     def __init__(self, embed_dim: int, num_layers: int, num_heads: int, ffn_dim: int,
                  dropout: float, attention_dropout: float, activation_dropout: float,
                  layer_norm_first: bool, layer_drop: float, pos_conv_kernel: int,
-                 pos_conv_groups: int, eps: float = 1e-5) -> None:
+                 pos_conv_groups: int, eps: float = 1e-5, pos_conv_depth: int = 0,
+                 relative_position_buckets: int = 0, relative_position_max_distance: int = 800,
+                 adapter_dim: Optional[int] = None) -> None:
         super().__init__()
-        self.pos_conv = ConvolutionalPositionalEmbedding(embed_dim, pos_conv_kernel, pos_conv_groups)
+        self.pos_conv: nn.Module = (
+            StackedConvPositionalEmbedding(embed_dim, pos_conv_kernel, pos_conv_groups, pos_conv_depth)
+            if pos_conv_depth else ConvolutionalPositionalEmbedding(embed_dim, pos_conv_kernel, pos_conv_groups)
+        )
+        self.relative_position: Optional[RelativePositionBias] = (
+            RelativePositionBias(relative_position_buckets, relative_position_max_distance, num_heads)
+            if relative_position_buckets else None
+        )
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.layer_norm_first = layer_norm_first
         self.layer_drop = layer_drop
         self.layers = nn.ModuleList(
             EncoderLayer(embed_dim, num_heads, ffn_dim, dropout, attention_dropout,
-                         activation_dropout, layer_norm_first, eps)
+                         activation_dropout, layer_norm_first, eps,
+                         gated_position_bias=bool(relative_position_buckets), adapter_dim=adapter_dim)
             for _ in range(num_layers)
         )
         self.apply(init_bert_params)
@@ -359,6 +474,7 @@ class TransformerEncoder(nn.Module):
             attention_bias = attention_bias.masked_fill(~valid, torch.finfo(x.dtype).min)
             attention_bias = attention_bias[:, None, None, :]
         x = x + self.pos_conv(x)
+        position_bias = None if self.relative_position is None else self.relative_position(x.shape[1], x.device)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
@@ -369,7 +485,7 @@ class TransformerEncoder(nn.Module):
             keep = [True] * len(self.layers)
         for layer, k in zip(self.layers, keep):
             if k:
-                x = layer(x, attention_bias)
+                x = layer(x, attention_bias, position_bias)
         if self.layer_norm_first:
             x = self.layer_norm(x)
         return x

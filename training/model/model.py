@@ -41,6 +41,12 @@ class Wav2Vec2Model(nn.Module):
     """wav2vec 2.0: feature encoder f, feature projection, Transformer g; optionally a CTC head
     over the vocabulary (fine-tuning) and the quantizer with its projections (pre-training).
 
+    The same network describes the wav2vec 2.0 family's other published models through
+    ``ModelConfig``'s switches (builders below): HuBERT (Hsu et al., 2021; the same graph,
+    optionally without the feature projection's LayerNorm), WavLM (Chen et al., 2022; gated
+    relative position bias in every block), data2vec-audio (Baevski et al., 2022; a stack of
+    plain positional convolutions) and MMS (Pratap et al., 2023; a language adapter per block).
+
     Initialization follows fairseq (a fresh model trains like fairseq's; imported checkpoints
     overwrite all of it): conv encoder ``kaiming_normal_``; Transformer blocks BERT-style
     (N(0, 0.02), bias 0); positional convolution N(0, sqrt(4/(k·d))); feature projection,
@@ -57,13 +63,16 @@ class Wav2Vec2Model(nn.Module):
         self.config = config
         self.feature_extractor = FeatureEncoder(config.conv_layers, config.extractor_mode, config.conv_bias)
         conv_dim = self.feature_extractor.out_channels
-        self.feature_projection = FeatureProjection(conv_dim, config.embed_dim, config.dropout_input, config.layer_norm_eps)
+        self.feature_projection = FeatureProjection(conv_dim, config.embed_dim, config.dropout_input,
+                                                    config.layer_norm_eps, config.feature_projection_layer_norm)
         self.encoder = TransformerEncoder(
             embed_dim=config.embed_dim, num_layers=config.num_layers, num_heads=config.num_heads,
             ffn_dim=config.ffn_dim, dropout=config.dropout, attention_dropout=config.attention_dropout,
             activation_dropout=config.activation_dropout, layer_norm_first=config.layer_norm_first,
             layer_drop=config.layer_drop, pos_conv_kernel=config.pos_conv_kernel,
             pos_conv_groups=config.pos_conv_groups, eps=config.layer_norm_eps,
+            pos_conv_depth=config.pos_conv_depth, relative_position_buckets=config.relative_position_buckets,
+            relative_position_max_distance=config.relative_position_max_distance, adapter_dim=config.adapter_dim,
         )
         # Learned embedding that replaces masked time steps (the paper's "M").
         self.mask_embedding = nn.Parameter(torch.empty(config.embed_dim).uniform_())
@@ -166,3 +175,41 @@ def wav2vec2_large(**overrides: Any) -> Wav2Vec2Model:
 def wav2vec2_small(**overrides: Any) -> Wav2Vec2Model:
     """A few million parameters for CPU training and tests."""
     return Wav2Vec2Model(small_config(**overrides))
+
+
+def hubert_base(**overrides: Any) -> Wav2Vec2Model:
+    """HuBERT BASE (Hsu et al., 2021): BASE's graph (GroupNorm conv encoder, post-LN, 12 x 768)."""
+    return Wav2Vec2Model(base_config(**{"family": "hubert", **overrides}))
+
+
+def hubert_large(**overrides: Any) -> Wav2Vec2Model:
+    """HuBERT LARGE: LARGE's graph (LayerNorm conv encoder, pre-LN, 24 x 1024)."""
+    return Wav2Vec2Model(large_config(**{"family": "hubert", **overrides}))
+
+
+def wavlm_base(**overrides: Any) -> Wav2Vec2Model:
+    """WavLM BASE (Chen et al., 2022): BASE with a gated relative position bias (320 buckets,
+    max distance 800) shared by all blocks."""
+    params: dict[str, Any] = dict(family="wavlm", relative_position_buckets=320, relative_position_max_distance=800)
+    return Wav2Vec2Model(base_config(**{**params, **overrides}))
+
+
+def wavlm_large(**overrides: Any) -> Wav2Vec2Model:
+    """WavLM LARGE: LARGE with the gated relative position bias."""
+    params: dict[str, Any] = dict(family="wavlm", relative_position_buckets=320, relative_position_max_distance=800)
+    return Wav2Vec2Model(large_config(**{**params, **overrides}))
+
+
+def data2vec_audio_base(**overrides: Any) -> Wav2Vec2Model:
+    """data2vec-audio BASE (Baevski et al., 2022): LayerNorm conv encoder with bias, post-LN
+    12 x 768, five plain positional convolutions of kernel 19 (16 groups), normalized input."""
+    params: dict[str, Any] = dict(family="data2vec_audio", extractor_mode="layer_norm", conv_bias=True,
+                                  normalize_waveform=True, pos_conv_depth=5, pos_conv_kernel=19)
+    return Wav2Vec2Model(base_config(**{**params, **overrides}))
+
+
+def mms_1b(adapter_dim: int = 16, **overrides: Any) -> Wav2Vec2Model:
+    """MMS-1B (Pratap et al., 2023): XLS-R 1B (48 x 1280, pre-LN, FFN 5120, 16 heads) with a
+    language adapter of ``adapter_dim`` in each block."""
+    params: dict[str, Any] = dict(embed_dim=1280, num_layers=48, ffn_dim=5120, adapter_dim=adapter_dim, final_dim=1024)
+    return Wav2Vec2Model(large_config(**{**params, **overrides}))

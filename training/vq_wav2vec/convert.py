@@ -6,7 +6,7 @@ The published vq-wav2vec.pt (Gumbel) and vq-wav2vec_kmeans.pt carry their config
 ``base_wav2vec_architecture``); later checkpoints carry a ``cfg`` dict whose missing keys take
 ``Wav2VecConfig``'s. Both map onto ``VQWav2VecConfig`` and their parameters are renamed onto
 ``VQWav2VecModel``. Nothing is executed from the file: the weights-only unpickler of
-``training.convert`` (tensors, containers, the Namespace, numpy scalars) reads it.
+``training.importers.fairseq`` (tensors, containers, the Namespace, numpy scalars) reads it.
 
 The project's file is ``{"format": "w2v-vq-wav2vec", "version": 1, "model_config": {...},
 "model": {name: tensor}, "meta": {...}}``, written atomically, read weights-only.
@@ -24,7 +24,8 @@ from torch import Tensor
 from training.checkpoint import FORMAT as W2V_FORMAT
 from training.checkpoint import CheckpointError, atomic_torch_save, file_sha256, load_state_checked, safe_torch_load
 from training.config import ConfigError
-from training.convert import FAIRSEQ_IGNORED, Rule, _as_dict, _fairseq_allowed_globals, parse_conv_layers, rename_state
+from training.importers.common import Rule, rename_state
+from training.importers.fairseq import FAIRSEQ_IGNORED, _as_dict, _fairseq_allowed_globals, parse_conv_layers
 from training.vq_wav2vec.config import VQWav2VecConfig
 from training.vq_wav2vec.model import VQWav2VecModel
 

@@ -31,6 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="the model's name in its card: what `w2v serve` serves it as (default: the directory's name)")
     p.add_argument("--language-code", metavar="CODE",
                    help="the model's language in its card, BCP-47 such as en-US (`w2v serve` assumes en-US)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store each graph's weights in an ONNX external data file (GRAPH.onnx.data) beside it; "
+                        "automatic when the weights reach protobuf's 2 GB limit (XLS-R 1B/2B, MMS-1B)")
     p.add_argument("--repository", metavar="DIR",
                    help="also write a Triton model repository for this model directory")
     p.set_defaults(func=handler("export.exporter:cmd_export"))
