@@ -161,17 +161,17 @@ def _rows(batch: dict) -> Iterator[tuple[int, str, list]]:
         yield int(chunk), str(kind), pickle.loads(payload)
 
 
-def load_stage(batch: dict, job: RayJob, cpu: bool) -> dict:
+def load_stage(batch: dict, job: RayJob, cpu: bool) -> Iterator[dict]:
     """Per chunk: header lengths, the batch plan, then each batch's files decoded (the one audio
-    loader). Out: one row per model batch (items ``[index, path, audio, error]``), one per long
-    file (audio left to the actor's stream past LOAD_LIMIT_S) and one with the chunk's failures."""
-    out: list[tuple[int, str, list]] = []
+    loader). Out, as each is ready: one row per model batch (items ``[index, path, audio, error]``),
+    one per long file (audio left to the actor's stream past LOAD_LIMIT_S), one with the chunk's
+    failures."""
     for chunk, paths in zip(batch["chunk"], batch["paths"]):
         chunk, paths = int(chunk), pickle.loads(paths)
         if job.triton:               # the server batches: one row per file
             for i, path in enumerate(paths):
                 audio, error = _load(path, 16000)
-                out.append((chunk, "file", [[i, path, audio, error]]))
+                yield _row_batch([(chunk, "file", [[i, path, audio, error]])])
             continue
         plan = _plan(job, cpu)
         samples, errors = {}, []
@@ -189,15 +189,14 @@ def load_stage(batch: dict, job: RayJob, cpu: bool) -> dict:
                 planned.add(i)
                 audio, error = _load(paths[i], plan.sample_rate)
                 items.append([i, paths[i], audio, error])
-            out.append((chunk, "batch", items))
+            yield _row_batch([(chunk, "batch", items)])
         for i in ok:
             if i not in planned:     # long: windows
                 stream = samples[i] > LOAD_LIMIT_S * plan.sample_rate
                 audio, error = (None, None) if stream else _load(paths[i], plan.sample_rate)
-                out.append((chunk, "long", [[i, paths[i], audio, error]]))
+                yield _row_batch([(chunk, "long", [[i, paths[i], audio, error]])])
         if errors:
-            out.append((chunk, "error", errors))
-    return _row_batch(out)
+            yield _row_batch([(chunk, "error", errors)])
 
 
 def _load(path: str, sample_rate: int) -> tuple[Optional[np.ndarray], Optional[str]]:
