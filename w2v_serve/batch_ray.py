@@ -112,6 +112,7 @@ class RunSummary:
     skipped_failed: int = 0       # of which error rows
     audio_s: float = 0.0
     wall_s: float = 0.0
+    per_node: dict = field(default_factory=dict)    # model actor's node id -> [files, audio seconds]
 
     @property
     def any_failed(self) -> bool:
@@ -213,7 +214,11 @@ class AcousticModel:
     JOB: RayJob
 
     def __init__(self):
+        import ray
+
         job = self.JOB
+        # The node, for the spread report ("local" when run outside a Ray worker, as in benchmarks).
+        self.node = ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "local"
         if job.triton:
             from w2v_serve.triton.client import TritonTranscriber
 
@@ -236,7 +241,7 @@ class AcousticModel:
                 done = [self._long(*item) for item in items]
             else:
                 done = self._batch(items)
-            out.append((chunk, "model", done))
+            out.append((chunk, self.node, done))
         return _row_batch(out)
 
     def _triton_file(self, i: int, path: str, audio, error):
@@ -302,9 +307,9 @@ def _decoder(job: RayJob):
 
 def decode_stage(batch: dict, job: RayJob) -> dict:
     """Each input's JSON-lines object: the transcript (beam search / greedy, LM) or the error.
-    Out items: ``[index, line, failed, duration_s]``."""
+    Out items: ``[index, line, failed, duration_s]``, rows keyed by the model actor's node."""
     out = []
-    for chunk, _, items in _rows(batch):
+    for chunk, node, items in _rows(batch):
         done = []
         for i, path, lp, samples, is_long, error, result in items:
             if error:
@@ -326,7 +331,7 @@ def decode_stage(batch: dict, job: RayJob) -> dict:
                     r = TranscriptionResult(path, error=error_text(path, e))
             line = result if result is not None and not error else r.to_json()
             done.append([i, line, not r.ok, r.duration_s])
-        out.append((chunk, "result", done))
+        out.append((chunk, node, done))
     return _row_batch(out)
 
 
@@ -446,6 +451,9 @@ class Progress:
         self.last = now
         end = "\r" if self.tty and not force else "\n"
         print(self.line(s), end=end, file=sys.stderr, flush=True)
+        if force and s.per_node:
+            spread = ", ".join(f"{node} {n} files {a / 3600:.3f} h" for node, (n, a) in sorted(s.per_node.items()))
+            print(f"transcribe (ray): model actors' nodes: {spread}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -459,6 +467,14 @@ def connect(ray, address: str) -> None:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayUnavailable(f"cannot reach a Ray cluster at {address!r}: {e}") from e
+
+
+def _actor_cpus(ray, threads: int) -> float:
+    """CPUs a model actor reserves: its --threads (at least 1), but one CPU of the largest node
+    left to the load and decode tasks (an actor holding a whole node would starve them there);
+    half a CPU on one-CPU nodes."""
+    largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return max(0.5, min(max(1, threads), largest - 1))
 
 
 def _actors(ray, settings: RaySettings) -> int:
@@ -513,13 +529,13 @@ class _Collector:
             self.chunks[chunk_id] = (paths, {})
         return fresh
 
-    def add(self, chunk_id: int, items: list) -> None:
+    def add(self, chunk_id: int, items: list, node: str) -> None:
         entry = self.chunks.get(chunk_id)
         if entry is None:                           # a retried task's repeat of a written chunk
             return
         paths, results = entry
         for i, line, failed, duration in items:
-            results[i] = (line, failed, duration)   # a retried task's repeat overwrites its twin
+            results[i] = (line, failed, duration, node)     # a retried task's repeat overwrites its twin
         if len(results) < len(paths):
             return
         del self.chunks[chunk_id]
@@ -529,8 +545,11 @@ class _Collector:
             if key in self.written:                 # repeated in the listing, or done earlier
                 continue
             self.written.add(key)
-            line, failed, duration = results[i]
+            line, failed, duration, node = results[i]
             lines.append(line)
+            spread = self.summary.per_node.setdefault(node, [0, 0.0])
+            spread[0] += 1
+            spread[1] += duration
             self.summary.done += 1
             self.summary.failed += bool(failed)
             self.summary.audio_s += duration
@@ -558,6 +577,7 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         actors = _actors(ray, settings)
+        actor_cpus = _actor_cpus(ray, job.engine.threads)
         chunk_size = CHUNK_BATCHES * max(1, settings.batch_size)
         per_window = max(1, settings.window_files // chunk_size)
         window: list[tuple[int, list[str]]] = []
@@ -566,10 +586,10 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
                 window.append((chunk_id, paths))
             progress.update(summary)
             if len(window) == per_window:
-                _run_window(ray, window, job, settings, actors, collector, progress)
+                _run_window(ray, window, job, settings, (actors, actor_cpus), collector, progress)
                 window = []
         if window:
-            _run_window(ray, window, job, settings, actors, collector, progress)
+            _run_window(ray, window, job, settings, (actors, actor_cpus), collector, progress)
     finally:
         out.flush()
         summary.wall_s = time.monotonic() - started
@@ -578,8 +598,9 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
     return summary
 
 
-def _run_window(ray, window: list[tuple[int, list[str]]], job: RayJob, settings: RaySettings, actors: int,
-                collector: _Collector, progress: Progress) -> None:
+def _run_window(ray, window: list[tuple[int, list[str]]], job: RayJob, settings: RaySettings,
+                pool: tuple[int, float], collector: _Collector, progress: Progress) -> None:
+    actors, actor_cpus = pool
     ds = ray.data.from_items([{"chunk": c, "paths": pickle.dumps(p, protocol=5)} for c, p in window],
                              override_num_blocks=len(window))
     # Tasks whose worker dies run again (Ray's default for tasks: 3 retries).
@@ -589,11 +610,11 @@ def _run_window(ray, window: list[tuple[int, list[str]]], job: RayJob, settings:
     with warnings.catch_warnings():     # Ray 2.60 has no named parameters for these
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(_actor_class(job), batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=max(1, job.engine.threads),
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
                             num_gpus=gpu, max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES,
                             scheduling_strategy="SPREAD")
     ds = ds.map_batches(decode_stage, fn_kwargs={"job": job}, batch_size=4, batch_format="numpy", num_cpus=1)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for chunk, _, items in _rows(batch):
-            collector.add(chunk, items)
+        for chunk, node, items in _rows(batch):
+            collector.add(chunk, items, node)
         progress.update(collector.summary)
