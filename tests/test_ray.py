@@ -3,7 +3,8 @@ network namespace of its own), against single-host `w2v transcribe --format json
 
 The end-to-end test speaks a few dozen short espeak-ng sentences (16 kHz WAV, 8 kHz stereo, one
 recording longer than the model's window), mixes in corrupt inputs, and runs the Ray path on the
-first chunk of the listing while one model actor is killed with SIGKILL, then on the whole listing
+first chunk of the listing while one model actor (and a decode task's worker) is killed with
+SIGKILL, then on the whole listing
 (a resume: the finished chunk is skipped, a stale temporary shard is ignored), then once more (no
 work). Every transcript must equal single-host's object for the same file, every good file and
 every bad file must appear exactly once, the bad ones with an error.
@@ -138,7 +139,8 @@ def cluster():
 
 
 def _kill_actor_midway(cluster: LocalCluster, run: subprocess.Popen, timeout: float = 120) -> int:
-    """SIGKILL one model actor's process once it runs and the driver still waits for results."""
+    """SIGKILL one model actor's process once it runs and the driver still waits for results;
+    then a decode task's worker too, if one is running by then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and run.poll() is None:
         pids = cluster.find("AcousticModel")
@@ -146,6 +148,12 @@ def _kill_actor_midway(cluster: LocalCluster, run: subprocess.Popen, timeout: fl
             time.sleep(1.0)              # it has loaded the model and taken work
             if run.poll() is None:
                 os.kill(pids[0], signal.SIGKILL)
+                for _ in range(20):
+                    tasks = cluster.find("decode_stage")
+                    if tasks:
+                        os.kill(tasks[0], signal.SIGKILL)
+                        break
+                    time.sleep(0.1)
                 return pids[0]
         time.sleep(0.1)
     raise AssertionError("no model actor ran while the job was running")

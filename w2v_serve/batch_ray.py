@@ -66,6 +66,10 @@ class RayUnavailable(RuntimeError):
     """Ray (the ``ray`` extra) is not installed, or the cluster cannot be reached."""
 
 
+class RayJobFailed(RuntimeError):
+    """The pipeline stopped before the end; what it finished is in the output directory."""
+
+
 def import_ray():
     """``ray`` and ``ray.data``, or RayUnavailable saying how to install them."""
     try:
@@ -575,6 +579,12 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # Batches go to the least busy actor, not to one on the node that loaded them: a
+            # batch's audio is small next to its compute, and a job of one chunk (one load task)
+            # would otherwise run on one node's actors only.
+            ctx.execution_options.actor_locality_enabled = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         actors = _actors(ray, settings)
         actor_cpus = _actor_cpus(ray, job.engine.threads)
@@ -590,6 +600,11 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
                 window = []
         if window:
             _run_window(ray, window, job, settings, (actors, actor_cpus), collector, progress)
+    except (RayUnavailable, KeyboardInterrupt):
+        raise
+    except Exception as e:         # a stage failed past its retries, the cluster went away ...
+        raise RayJobFailed(f"the Ray job stopped ({type(e).__name__}: {str(e).strip()[:2000]}); the finished "
+                           f"chunks are in {settings.output_dir}: rerun the command to go on from there") from e
     finally:
         out.flush()
         summary.wall_s = time.monotonic() - started
@@ -610,7 +625,7 @@ def _run_window(ray, window: list[tuple[int, list[str]]], job: RayJob, settings:
     with warnings.catch_warnings():     # Ray 2.60 has no named parameters for these
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(_actor_class(job), batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
+                            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2), num_cpus=actor_cpus,
                             num_gpus=gpu, max_restarts=-1, max_task_retries=ACTOR_TASK_RETRIES,
                             scheduling_strategy="SPREAD")
     ds = ds.map_batches(decode_stage, fn_kwargs={"job": job}, batch_size=4, batch_format="numpy", num_cpus=1)

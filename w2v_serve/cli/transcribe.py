@@ -303,7 +303,8 @@ def _run_on_ray(paths: Iterable[str], count: Optional[int], args) -> int:
     if not args.output_dir:
         raise CommandError("--ray writes sharded results under --output-dir DIR (needed)")
     try:
-        from w2v_serve.batch_ray import RayJob, RaySettings, RayUnavailable, import_ray, transcribe_on_ray
+        from w2v_serve.batch_ray import (RayJob, RayJobFailed, RaySettings, RayUnavailable, import_ray,
+                                         transcribe_on_ray)
 
         import_ray()
     except RayUnavailable as e:
@@ -330,7 +331,7 @@ def _run_on_ray(paths: Iterable[str], count: Optional[int], args) -> int:
         count = sum(1 for _ in iter_inputs(args.inputs, args.files_from))     # for the progress view
     try:
         summary = transcribe_on_ray(paths, job, settings, total=count, on_result=on_result)
-    except RayUnavailable as e:
+    except (RayUnavailable, RayJobFailed) as e:
         raise CommandError(str(e)) from None
     failed = summary.failed + summary.skipped_failed
     if failed:
