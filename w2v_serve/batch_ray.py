@@ -22,8 +22,9 @@ Output directory::
 
 Resume: at start the driver reads every ``part-*.jsonl`` and skips the inputs they hold (an
 error row counts as done); leftover ``.part-*.tmp`` files of an interrupted run are removed.
-Fault tolerance: a file that fails becomes an error row; a killed task is retried (``max_retries``),
-a killed actor is restarted and its batch retried (``max_restarts``, ``max_task_retries``).
+Fault tolerance: a file that fails becomes an error row; a task whose worker dies runs again
+(Ray's task retries); a killed actor is restarted and its batch runs again (``max_restarts``,
+``max_task_retries``); the driver writes each input once whatever a retry repeats.
 
 Every node needs this package (same version) and the model directory, LM and audio at the same
 paths (a shared file system or an image); the driver alone writes the output directory.
