@@ -59,6 +59,7 @@ SHARD_ROWS = 1000            # rows per output shard at most
 SHARD_SECONDS = 60.0         # a shard is committed at least this often while results arrive
 LOAD_LIMIT_S = 600.0         # longer files are not loaded by the load stage: the actor streams them
 LOCAL_OBJECT_STORE = 2 << 30     # --ray local: object store cap (Ray's default is 30% of the RAM)
+ACTOR_START_TIMEOUT_S = 600  # the model actors must all be up within this (else the job fails)
 ACTOR_TASK_RETRIES = 3       # a model batch whose actor died runs again on the restarted actor
 SHARD_PREFIX = "part-"
 
@@ -586,6 +587,9 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
             # batch's audio is small next to its compute, and a job of one chunk (one load task)
             # would otherwise run on one node's actors only.
             ctx.execution_options.actor_locality_enabled = False
+        # Every model actor is up (model loaded) before the first batch is sent, so a small job's
+        # batches spread over all of them rather than all going to the first one ready.
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         actors = _actors(ray, settings)
         actor_cpus = _actor_cpus(ray, job.engine.threads)
