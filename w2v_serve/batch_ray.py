@@ -60,6 +60,7 @@ SHARD_SECONDS = 60.0         # a shard is committed at least this often while re
 LOAD_LIMIT_S = 600.0         # longer files are not loaded by the load stage: the actor streams them
 LOCAL_OBJECT_STORE = 2 << 30     # --ray local: object store cap (Ray's default is 30% of the RAM)
 ACTOR_START_TIMEOUT_S = 600  # the model actors must all be up within this (else the job fails)
+ROW_BLOCK_BYTES = 64 << 10   # Ray Data's target block size here (rows are batches: each its own block)
 ACTOR_TASK_RETRIES = 3       # a model batch whose actor died runs again on the restarted actor
 SHARD_PREFIX = "part-"
 
@@ -590,6 +591,9 @@ def transcribe_on_ray(inputs: Iterable[str], job: RayJob, settings: RaySettings,
         # Every model actor is up (model loaded) before the first batch is sent, so a small job's
         # batches spread over all of them rather than all going to the first one ready.
         ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+        # One row (a model batch) per block: Ray Data would merge a load task's rows into one
+        # block up to its target size, and a block goes to one actor whole.
+        ctx.target_max_block_size = ROW_BLOCK_BYTES
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         actors = _actors(ray, settings)
         actor_cpus = _actor_cpus(ray, job.engine.threads)
