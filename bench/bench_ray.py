@@ -7,7 +7,7 @@ search with its LM), default --batch-size and --threads, each run a fresh `w2v t
 * ``ray_1node``   - ``--ray ADDRESS --output-dir DIR`` against a running local cluster of one node
                     with 2 CPUs (its start-up not counted; the driver's connect and the pipeline's
                     start are).
-* ``ray_1file``   - the same on one file: the fixed cost of a Ray job (connect, actor start, model
+* ``ray_1file``   - the same on one file: the start-up cost of a Ray job (connect, actor start, model
                     load), which larger jobs amortize.
 * ``ray_2nodes``  - a cluster of two nodes with 2 CPUs each on the same host (one model actor per
                     node): wall time, and files / audio per node (the driver's spread report).
@@ -39,6 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# Figure -> unit, where the name's suffix would mislead (bench.records).
+UNITS = {f"{run}.audio_s_per_wall_s": "audio s / s" for run in ("single_host", "ray_1node", "ray_2nodes")}
+UNITS.update({f"stages_{m}.{k}_cpu_s_per_audio_s": "CPU s / audio s" for m in ("bundled", "base")
+              for k in ("load", "model", "decode", "total")})
 N_FILES = 32
 REPEATS = 3
 WORDS = ["red", "green", "blue", "yellow", "black", "white", "small", "large", "happy", "quiet"]
