@@ -52,7 +52,8 @@ def add_parsers(sub) -> None:
                      help="longer recordings run in overlapping windows of this length")
     run.add_argument("--decode-workers", type=int, default=None, metavar="N",
                      help="processes that run the beam search beside the model (default: one per core, at "
-                          "most 8, with the beam decoder; none with greedy; 0: decode in this process)")
+                          "most 8, with the beam decoder; none with greedy; 0: decode in this process; --ray decodes in Ray "
+                          "tasks instead)")
     ray = p.add_argument_group("Ray cluster (pip install 'w2v[ray]'; docs/batch.md)")
     ray.add_argument("--ray", metavar="ADDRESS",
                      help="transcribe on a Ray cluster: HOST:PORT or auto joins a running one, local starts one "
