@@ -8,7 +8,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 # fortunes (sentences) and wamerican (a word list for the LM) feed the default-model recipe.
 # `w2v data synth` speaks with espeak-ng, flite and festival (festvox-*: festival's English voices;
 # the *16k ones, whose 8k twins conflict with them) and may take WordNet's example sentences.
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican \
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 irstlm fortunes wamerican iproute2 \
                    flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base \
                    chromium chromium-driver
 FESTIVAL_VOICES := /usr/share/festival/voices/english/kal_diphone /usr/share/festival/voices/english/ked_diphone \
@@ -22,6 +22,7 @@ sysdeps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing=1; \
 	command -v sox >/dev/null || missing=1; \
+	command -v ip >/dev/null || missing=1; \
 	command -v flite >/dev/null || missing=1; \
 	command -v festival >/dev/null || missing=1; \
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || missing=1; \
@@ -42,7 +43,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0 'numpy<2'
-	$(PY) -m pip install -q -e '.[all,test]'
+	$(PY) -m pip install -q -e '.[all,test,ray]'
 	touch $(STAMP) $(RUNTIME_STAMP)
 
 $(RUNTIME_STAMP): pyproject.toml

@@ -227,42 +227,24 @@ def choose_runtime_and_precision(model: ModelDirectory, runtime: str = AUTO, pre
     return chosen, resolve_precision(model, precision, chosen, providers)
 
 
-class Engine:
-    """Runs ``model.onnx`` of a model directory on batches and on arbitrarily long audio."""
+class BatchPlan:
+    """An engine's window geometry and batch planning, without a session: ``Engine`` is one; a
+    stage that plans the batches an engine elsewhere runs (``w2v transcribe --ray``) makes one
+    from the model card (``cpu``: whether that engine runs on the CPU)."""
 
-    def __init__(self, model: ModelDirectory | str | Path, options: EngineOptions = EngineOptions()):
-        self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+    def __init__(self, card, options: EngineOptions, cpu: bool = True):
         self.options = options
-        card = self.model.card
         self.sample_rate = card.sample_rate
         self.stride = card.frame_stride
         self.receptive_field = card.receptive_field
         self.frame_seconds = card.frame_seconds
-        self.runtime, self.precision = choose_runtime_and_precision(self.model, options.runtime, options.variant,
-                                                                    options.providers)
-        self.variant = graph_variant(self.precision)
-        self.session = self._open_session(self.model.graph_path(FULL_GRAPH, self.variant))
-        self.providers = tuple(self.session.get_providers())    # what the runtime actually uses
-        pad = options.pad_multiple or (self.sample_rate if self.providers[0].startswith("Tensorrt") else self.stride)
-        self.pad_multiple = max(self.stride, pad - pad % self.stride)
+        self._cpu = cpu
         # Window geometry in samples, all multiples of the stride (frames align across windows).
         self.context = max(1, round(options.context_s * self.sample_rate / self.stride)) * self.stride
         window = max(round(options.window_s * self.sample_rate / self.stride) * self.stride, 4 * self.context)
         self.hop = window - 2 * self.context
         self.window = window
 
-    def _open_session(self, path: Path):
-        session = open_session(path, runtime=self.runtime, providers=self.options.providers,
-                               threads=self.options.threads, fp16=self.variant == "fp16",
-                               precision=inference_precision(self.precision))
-        inputs = {i.name for i in session.get_inputs()}
-        outputs = {o.name for o in session.get_outputs()}
-        if not {"audio", "lengths"} <= inputs or not {"logits", "logit_lengths"} <= outputs:
-            raise EngineError(f"{path}: expected inputs audio, lengths and outputs logits, logit_lengths; "
-                              f"got {sorted(inputs)} -> {sorted(outputs)}")
-        return session
-
-    # ------------------------------------------------------------------ geometry
     def num_frames(self, n_samples: int) -> int:
         """Frames the conv encoder gives for ``n_samples`` (0 below one receptive field)."""
         return 0 if n_samples < self.receptive_field else (n_samples - self.receptive_field) // self.stride + 1
@@ -289,9 +271,35 @@ class Engine:
         seconds = self.options.max_batch_seconds
         if seconds is None:
             # Local CPU sessions: one window per run. GPUs (and a remote Triton model): batches.
-            cpu = self.providers[0] in ("CPUExecutionProvider", OPENVINO_PROVIDER)
-            seconds = max(CPU_MAX_BATCH_SECONDS, self.window / self.sample_rate) if cpu else GPU_MAX_BATCH_SECONDS
+            seconds = max(CPU_MAX_BATCH_SECONDS, self.window / self.sample_rate) if self._cpu else GPU_MAX_BATCH_SECONDS
         return int(seconds * self.sample_rate)
+
+
+class Engine(BatchPlan):
+    """Runs ``model.onnx`` of a model directory on batches and on arbitrarily long audio."""
+
+    def __init__(self, model: ModelDirectory | str | Path, options: EngineOptions = EngineOptions()):
+        self.model = model if isinstance(model, ModelDirectory) else ModelDirectory.load(model)
+        super().__init__(self.model.card, options)
+        self.runtime, self.precision = choose_runtime_and_precision(self.model, options.runtime, options.variant,
+                                                                    options.providers)
+        self.variant = graph_variant(self.precision)
+        self.session = self._open_session(self.model.graph_path(FULL_GRAPH, self.variant))
+        self.providers = tuple(self.session.get_providers())    # what the runtime actually uses
+        self._cpu = self.providers[0] in ("CPUExecutionProvider", OPENVINO_PROVIDER)
+        pad = options.pad_multiple or (self.sample_rate if self.providers[0].startswith("Tensorrt") else self.stride)
+        self.pad_multiple = max(self.stride, pad - pad % self.stride)
+
+    def _open_session(self, path: Path):
+        session = open_session(path, runtime=self.runtime, providers=self.options.providers,
+                               threads=self.options.threads, fp16=self.variant == "fp16",
+                               precision=inference_precision(self.precision))
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        if not {"audio", "lengths"} <= inputs or not {"logits", "logit_lengths"} <= outputs:
+            raise EngineError(f"{path}: expected inputs audio, lengths and outputs logits, logit_lengths; "
+                              f"got {sorted(inputs)} -> {sorted(outputs)}")
+        return session
 
     # ------------------------------------------------------------------ inference
     def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ the others are unaffected.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import multiprocessing
 import os
@@ -44,6 +45,7 @@ AudioInput = Union[str, Path, np.ndarray]
 SEGMENT_MIN_S = 10.0
 SEGMENT_MAX_S = 30.0
 _STREAM_BLOCK_S = 10.0
+CHUNK_BATCHES = 16           # transcribe_iter plans batches over this many batches' worth of inputs
 DECODE_QUEUE = 64            # stitched log-prob chunks (one per window) waiting for the decoder
 
 log = logging.getLogger("w2v.transcribe")
@@ -68,6 +70,18 @@ class TranscriptionResult:
             return {"path": self.path, "error": self.error}
         return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3),
                 "words": [w.to_dict() for w in self.words]}
+
+    def to_json(self) -> str:
+        """The result's JSON-lines object (``w2v transcribe --format jsonl``), without the newline."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @staticmethod
+    def from_dict(d: dict) -> "TranscriptionResult":
+        """The inverse of ``to_dict`` (times as rounded there)."""
+        if d.get("error") is not None:
+            return TranscriptionResult(d.get("path"), error=d["error"])
+        t = Transcript.from_dict(d)
+        return TranscriptionResult(d.get("path"), t.text, t.words, float(d.get("duration_s", 0.0)))
 
 
 @dataclass
@@ -155,7 +169,7 @@ class Transcriber:
                         chunk_size: Optional[int] = None) -> Iterator[TranscriptionResult]:
         """Results in input order. Inputs are taken ``chunk_size`` at a time (default 16 batches),
         sorted by length into batches within a chunk, so output flows while memory stays small."""
-        chunk_size = chunk_size or 16 * self.batch_size
+        chunk_size = chunk_size or CHUNK_BATCHES * self.batch_size
         chunk: list[_Item] = []
         for i, source in enumerate(inputs):
             chunk.append(_Item(i, source))
@@ -207,10 +221,7 @@ class Transcriber:
                     item.audio = resample(item.audio, rate, self.sample_rate)
                 item.samples = len(item.audio)
             else:
-                info = probe(item.source)
-                if info.frames == 0:
-                    raise AudioError(f"{item.source}: contains no samples")
-                item.samples = int(round(info.frames * self.sample_rate / info.sample_rate))
+                item.samples = file_samples(item.source, self.sample_rate)
         except Exception as e:     # one unreadable input must not stop the others
             item.error = _error_text(item, e)
 
@@ -233,7 +244,7 @@ class Transcriber:
         except Exception as e:      # the whole run failed: every row of it gets the reason
             log_probs = {}
             for it in good:
-                it.error = f"{it.path or 'array'}: inference failed ({e})"
+                it.error = inference_error(it.path, e)
         durations = {it.index: len(it.audio) / self.sample_rate for it in batch if it.error is None}
         for it in batch:
             it.audio = None          # done with the samples
@@ -358,31 +369,14 @@ class Transcriber:
     def decode_stream(self, chunks: Iterable[tuple[int, np.ndarray]], *,
                       hotwords: Optional[Sequence[str]] = None) -> Transcript:
         """Decode stitched log-prob chunks of one long recording in segments cut at word boundaries."""
-        min_frames = int(SEGMENT_MIN_S / self.engine.frame_seconds)
-        max_frames = int(SEGMENT_MAX_S / self.engine.frame_seconds)
         parts: list[Transcript] = []
         # Segments out on the worker processes, in order: at most two per worker wait (memory).
         in_flight: collections.deque = collections.deque()
         limit = 2 * self._decode_pool.workers if self._decode_pool is not None else 0
-        pending: list[np.ndarray] = []
-        held = 0
-        offset = 0                 # recording frame of the held frames' first row
-
-        def add(frames: np.ndarray, frame_offset: int) -> None:
+        for frames, frame_offset in segments(chunks, self.vocab, self.engine.frame_seconds):
             in_flight.append(self._decode(frames, frame_offset, hotwords))
             while in_flight and (len(in_flight) > limit or isinstance(in_flight[0], Transcript)):
                 parts.append(self._finish(in_flight.popleft()))
-
-        for _, chunk in chunks:
-            pending.append(chunk)
-            held += len(chunk)
-            while held >= max_frames:
-                frames = np.concatenate(pending)
-                cut = safe_cut_frame(frames, self.vocab, min_frames, max_frames) or max_frames
-                add(frames[:cut], offset)
-                pending, held, offset = [frames[cut:]], len(frames) - cut, offset + cut
-        if held:
-            add(np.concatenate(pending), offset)
         parts.extend(self._finish(d) for d in in_flight)
         return Transcript.join(parts)
 
@@ -423,6 +417,34 @@ def audio_seconds(paths: Sequence[str], enough: float = float("inf")) -> float:
         if total > enough:
             break
     return total
+
+
+def segments(chunks: Iterable[tuple[int, np.ndarray]], vocab, frame_seconds: float) -> Iterator[tuple[np.ndarray, int]]:
+    """A long recording's stitched log-prob chunks regrouped into ``(frames, first_frame)`` segments
+    of SEGMENT_MIN_S..SEGMENT_MAX_S, each cut where no word is (``safe_cut_frame``)."""
+    min_frames = int(SEGMENT_MIN_S / frame_seconds)
+    max_frames = int(SEGMENT_MAX_S / frame_seconds)
+    pending: list[np.ndarray] = []
+    held = 0
+    offset = 0                 # recording frame of the held frames' first row
+    for _, chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        while held >= max_frames:
+            frames = np.concatenate(pending)
+            cut = safe_cut_frame(frames, vocab, min_frames, max_frames) or max_frames
+            yield frames[:cut], offset
+            pending, held, offset = [frames[cut:]], len(frames) - cut, offset + cut
+    if held:
+        yield np.concatenate(pending), offset
+
+
+def file_samples(path: Union[str, Path], sample_rate: int) -> int:
+    """A file's length at ``sample_rate``, from its header; AudioError when unreadable or empty."""
+    info = probe(path)
+    if info.frames == 0:
+        raise AudioError(f"{path}: contains no samples")
+    return int(round(info.frames * sample_rate / info.sample_rate))
 
 
 class DecodePool:
@@ -507,7 +529,17 @@ def _lower_thread_priority(step: int = 10) -> None:
 
 
 def _error_text(item: _Item, error: Exception) -> str:
-    """AudioError messages already name the file and the reason; anything else gets both added."""
+    return error_text(item.path, error)
+
+
+def error_text(path: Optional[str], error: Exception) -> str:
+    """An input's error message: AudioError messages already name the file and the reason;
+    anything else gets both added."""
     if isinstance(error, AudioError):
         return str(error)
-    return f"{item.path or 'array'}: {type(error).__name__}: {error}"
+    return f"{path or 'array'}: {type(error).__name__}: {error}"
+
+
+def inference_error(path: Optional[str], error: Exception) -> str:
+    """The error of every input of a model run that failed."""
+    return f"{path or 'array'}: inference failed ({error})"

@@ -115,13 +115,27 @@ class TritonTranscriber:
         self.concurrency = max(1, concurrency)
 
     def _one(self, path) -> "TranscriptionResult":
+        return self.transcribe_file(path)
+
+    def transcribe_file(self, path) -> "TranscriptionResult":
+        """One file, read here (the one audio loader); its error as a result."""
         from w2v_serve.audio import SAMPLE_RATE, AudioError, load_audio
         from w2v_serve.transcribe import TranscriptionResult
 
         try:
             audio = load_audio(path, SAMPLE_RATE)
+        except AudioError as e:
+            return TranscriptionResult(str(path), error=str(e))
+        return self.transcribe_audio(path, audio)
+
+    def transcribe_audio(self, path, audio: np.ndarray) -> "TranscriptionResult":
+        """One file's samples (16 kHz mono float32), sent to the server; its error as a result."""
+        from w2v_serve.audio import SAMPLE_RATE
+        from w2v_serve.transcribe import TranscriptionResult
+
+        try:
             d = self.client.transcribe(audio, **self.options)
-        except (AudioError, TritonClientError) as e:
+        except TritonClientError as e:
             return TranscriptionResult(str(path), error=str(e))
         tr = Transcript.from_dict(d)
         return TranscriptionResult(str(path), tr.text, tr.words, d.get("duration_s", len(audio) / SAMPLE_RATE))
