@@ -154,10 +154,16 @@ class FoldedScaleAttention(nn.Module):
             self.q_proj.weight.mul_(scale)
             self.q_proj.bias.mul_(scale)
         self.k_proj, self.v_proj, self.out_proj = attention.k_proj, attention.v_proj, attention.out_proj
+        self.gate = attention.gate      # WavLM's gated relative position bias (None elsewhere)
 
-    def forward(self, x: Tensor, attention_bias: Optional[Tensor]) -> Tensor:
-        """x: [B, T, d]; attention_bias: additive [B, 1, 1, T] or None."""
+    def forward(self, x: Tensor, attention_bias: Optional[Tensor],
+                position_bias: Optional[Tensor] = None) -> Tensor:
+        """x: [B, T, d]; attention_bias: additive [B, 1, 1, T] or None; position_bias: WavLM's
+        [1, H, T, T] relative position bias, gated per query (``SelfAttention``)."""
         b, t, d = x.shape
+        if position_bias is not None and self.gate is not None:
+            bias = self.gate(x, self.num_heads) * position_bias
+            attention_bias = bias if attention_bias is None else bias + attention_bias
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
         k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # [B, H, d_k, T]
         v = self.v_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
