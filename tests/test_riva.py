@@ -11,8 +11,8 @@ The reference transcripts come from ``w2v transcribe`` on the same files with th
 A streamed final equals the offline transcript where the stream's windows see what offline
 sees: a server with whole-recording windows, greedy decoding. With the default windows the
 streamed final is compared with the same server's w2v.v1 stream (the adapter adds nothing);
-its equality with offline beam search is the two-pass streaming work in w2v_serve/streaming.py
-(marked xfail until it holds).
+its equality with offline beam search comes from the full-context pass over each final segment
+(w2v_serve/streaming.py).
 """
 
 from __future__ import annotations
@@ -230,8 +230,6 @@ def test_streamed_flac_equals_the_streamed_wav(server, audio_dir):
     assert flac and flac == finals(stream_file(server.asr(), audio_dir / "north16.wav", script_config()))
 
 
-@pytest.mark.xfail(reason="a streamed final equals offline beam search + LM once streaming decodes final segments "
-                          "with full context (w2v_serve/streaming.py)", strict=False)
 def test_streamed_final_equals_w2v_transcribe_with_default_decoder(server, audio_dir, offline):
     path = audio_dir / "north16.wav"
     assert finals(stream_file(server.asr(), path, script_config())).strip() == offline[path.name]["text"]
