@@ -124,3 +124,19 @@ def tiny_model_dir(kind: str = "attention") -> Path:
     export_model(Checkpoint.from_model(model, VOCAB), out, check=False)
     _MODEL_DIRS[kind] = out
     return out
+
+
+def start_tritonserver_or_skip(repo: Path, log_dir: Path):
+    """A started tritonserver on ``repo`` (free ports, its log in ``log_dir``); the test is
+    skipped when this installation has no tritonserver."""
+    import pytest
+
+    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
+
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                          log_file=log_dir / "tritonserver.log")
+    try:
+        server.start(timeout_s=180)
+    except TritonError as e:
+        pytest.skip(f"no tritonserver here: {e}")
+    return server

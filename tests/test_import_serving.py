@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests import hf_families as fam
+from tests.serve_helpers import start_tritonserver_or_skip
 from w2v_serve.streaming import StreamingConfig
 
 pytest.importorskip("tritonclient.grpc")
@@ -26,7 +27,6 @@ def test_imported_model_through_streaming_triton_and_service(family, stable, tmp
     from w2v_serve.service.server import ThreadedServer
     from w2v_serve.streaming import StreamingRecognizer
     from w2v_serve.triton.client import TritonOfflineClient, TritonStream
-    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
     from w2v_serve.triton.repository import write_repository
 
     _, audio = fam.speech_wav(tmp_path / "speech")
@@ -49,12 +49,7 @@ def test_imported_model_through_streaming_triton_and_service(family, stable, tmp
         assert final_text(list(client.stream_audio(audio, chunk_ms=200))) == expected
 
     repo = write_repository(model_dir, tmp_path / "repo", streaming=STREAM_PARAMS, idle_timeout_s=30)
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          log_file=tmp_path / "tritonserver.log")
-    try:
-        server.start(timeout_s=180)
-    except TritonError as e:
-        pytest.skip(f"no tritonserver here: {e}")
+    server = start_tritonserver_or_skip(repo, tmp_path)
     try:
         assert TritonOfflineClient(server.grpc_url).transcribe(audio)["text"] == expected
         stream = TritonStream(server.grpc_url, 7)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.serve_helpers import espeak
+from tests.serve_helpers import espeak, start_tritonserver_or_skip
 from w2v_serve.audio import resample
 from w2v_serve.decoding import BEAM, options_for_model
 from w2v_serve.engine import EngineOptions
@@ -69,16 +69,10 @@ def test_embedded_stream_final_equals_offline(spoken):
 def test_triton_stream_final_equals_offline(spoken, tmp_path):
     pytest.importorskip("tritonclient.grpc")
     from w2v_serve.service.backends.triton import TritonBackend
-    from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
     from w2v_serve.triton.repository import write_repository
 
     repo = write_repository(_bundled_model(), tmp_path / "repo")
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          log_file=tmp_path / "tritonserver.log")
-    try:
-        server.start(timeout_s=180)
-    except TritonError as e:
-        pytest.skip(f"no tritonserver here: {e}")
+    server = start_tritonserver_or_skip(repo, tmp_path)
     try:
         # The repository's acoustic model runs ONNX Runtime: the offline reference does too.
         with ThreadedServer(TritonBackend([server.grpc_url])) as srv:
