@@ -133,10 +133,9 @@ def start_tritonserver_or_skip(repo: Path, log_dir: Path):
 
     from w2v_serve.triton.launcher import TritonError, TritonServer, free_port
 
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          log_file=log_dir / "tritonserver.log")
     try:
-        server.start(timeout_s=180)
+        server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                              log_file=log_dir / "tritonserver.log")
     except TritonError as e:
         pytest.skip(f"no tritonserver here: {e}")
-    return server
+    return server.start(timeout_s=180)

@@ -136,3 +136,27 @@ def test_export_writes_the_name_and_language_a_server_reads(tmp_path):
     assert (entry.name, entry.language_code) == ("kiel", "de-DE")
     assert w2v(["export", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "x"), "--no-check",
                 "--name", "no spaces"]) == 2
+
+
+def test_a_model_that_fails_to_load_answers_unavailable_and_loads_on_a_later_request(two_dirs):
+    """The loader fails on the first use of a model (a server that did not start, say): that
+    request ends UNAVAILABLE naming the model and the cause, and the next one loads it."""
+    loader, failures = CountingLoader(), ["tritonserver exited with code -11 while starting"]
+
+    def flaky(entry: ModelEntry):
+        if entry.name == "lokal" and failures:
+            raise RuntimeError(failures.pop())
+        return loader(entry)
+
+    reg = ModelRegistry(parse_model_specs([str(two_dirs)]), flaky)
+    reg.start()
+
+    async def use():
+        async with reg.lease("lokal") as backend:
+            return backend
+    with pytest.raises(ServiceError) as e:
+        asyncio.run(use())
+    assert e.value.code.name == "UNAVAILABLE" and "lokal" in e.value.message and "code -11" in e.value.message
+    assert not {i.name: i for i in reg.describe()}["lokal"].loaded
+    assert asyncio.run(use()) is loader.backends[-1] and loader.loaded == ["attention", "lokal"]
+    reg.close()

@@ -172,3 +172,36 @@ def test_cli_transcribe_through_triton_matches_embedded(server, tmp_path, capsys
     for r, loc in zip(remote, local):
         assert r.get("text") == loc.get("text")
         assert [w["word"] for w in r.get("words", [])] == [w["word"] for w in loc.get("words", [])]
+
+
+def test_a_tritonserver_that_crashes_while_starting_is_started_again(server, tmp_path):
+    """The binary segfaults on its first start (a wrapper sends itself SIGSEGV once); ``start``
+    starts it again and the server answers. With every start crashing, ``start`` gives up after
+    its tries with the exit code in the error."""
+    from w2v_serve.triton.launcher import TritonExited, TritonServer, free_port
+
+    def crashing_server(crashes: int) -> TritonServer:
+        srv = TritonServer(server.repository, grpc_port=free_port(), http_port=free_port(),
+                           metrics_port=free_port(), log_file=tmp_path / f"crash{crashes}.log")
+        count = tmp_path / f"starts{crashes}"
+        wrapper = tmp_path / f"tritonserver{crashes}"
+        wrapper.write_text(f'#!/bin/sh\necho x >> "{count}"\n'
+                           f'[ "$(wc -l < "{count}")" -le {crashes} ] && kill -SEGV $$\n'
+                           f'exec "{srv.install.binary}" "$@"\n')
+        wrapper.chmod(0o755)
+        srv.install.binary = wrapper
+        return srv
+
+    srv = crashing_server(1)
+    srv.start(timeout_s=180)
+    try:
+        assert (tmp_path / "starts1").read_text().count("x") == 2
+        assert TritonOfflineClient(srv.grpc_url).transcribe(AUDIO[0])["text"] == \
+            Transcriber(tiny_model_dir("attention")).transcribe(AUDIO[0], sample_rate=16000).text
+    finally:
+        srv.stop()
+
+    always = crashing_server(99)
+    with pytest.raises(TritonExited, match="code -11"):
+        always.start(timeout_s=60, attempts=2)
+    assert (tmp_path / "starts99").read_text().count("x") == 2

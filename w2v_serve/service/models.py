@@ -29,7 +29,7 @@ from typing import AsyncIterator, Callable, Optional, Sequence
 
 from w2v_serve.model_dir import CARD_NAME, ModelDirectory
 from w2v_serve.service.backends import Backend
-from w2v_serve.service.errors import invalid_argument, unavailable
+from w2v_serve.service.errors import ServiceError, invalid_argument, unavailable
 
 log = logging.getLogger("w2v.serve")
 
@@ -208,7 +208,13 @@ class ModelRegistry:
         try:
             backend = slot.backend
             if backend is None:
-                backend = await asyncio.get_running_loop().run_in_executor(None, self._load, slot)
+                try:
+                    backend = await asyncio.get_running_loop().run_in_executor(None, self._load, slot)
+                except ServiceError:
+                    raise
+                except Exception as e:  # the next request tries again
+                    log.warning("model %s could not be loaded: %s", name, e)
+                    raise unavailable(f"model {name!r} could not be loaded: {e}") from e
             yield backend
         finally:
             with self._lock:

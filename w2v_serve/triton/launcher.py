@@ -33,6 +33,7 @@ from w2v_serve.process import child_preexec, pid_alive
 log = logging.getLogger("w2v.triton")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESTART_DELAY_S, MAX_RESTART_DELAY_S, STABLE_RUN_S = 1.0, 30.0, 60.0
+START_ATTEMPTS = 3
 # sh -c KEEPER tritonserver ARGS... with the lifeline pipe on stdin (see TritonServer._spawn).
 _KEEPER = 'exec 3<&0 0</dev/null; (read _ <&3; kill -9 0) & exec "$0" "$@" 3<&-'
 
@@ -41,6 +42,10 @@ DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 
 class TritonError(RuntimeError):
     """The server could not be found, started, or did not become ready."""
+
+
+class TritonExited(TritonError):
+    """The server process ended before it became ready."""
 
 
 @dataclass
@@ -187,16 +192,27 @@ class TritonServer:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
         return cmd + list(self.extra_args)
 
-    def start(self, timeout_s: float = 120.0, supervise: bool = False) -> "TritonServer":
-        """Start the server and wait until it is ready. ``supervise``: restart it whenever it
-        exits until ``stop()`` (see ``running``, ``restarts``)."""
+    def start(self, timeout_s: float = 120.0, supervise: bool = False, attempts: int = START_ATTEMPTS) -> "TritonServer":
+        """Start the server and wait until it is ready; a server that exits while starting (a
+        crash, or a port taken in the meantime) is started again, ``attempts`` tries in all, 1 s
+        apart. ``supervise``: restart it whenever it exits until ``stop()`` (see ``running``,
+        ``restarts``)."""
         self._stopping.clear()
-        self._spawn()
-        try:
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                self.wait_ready(timeout_s)
+                break
+            except TritonExited as e:
+                self._cut_lifeline()
+                if attempt == attempts:
+                    self.stop()
+                    raise
+                log.warning("%s; starting it again (try %d of %d)", e, attempt + 1, attempts)
+                time.sleep(RESTART_DELAY_S)
+            except BaseException:
+                self.stop()
+                raise
         self.running = True
         if supervise:
             self._ready_timeout_s = timeout_s
@@ -276,7 +292,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise TritonError(f"tritonserver exited with code {self.process.returncode} while starting"
+                raise TritonExited(f"tritonserver exited with code {self.process.returncode} while starting"
                                   + (f"; see {self.log_file}" if self.log_file else ""))
             try:
                 if client.is_server_ready():
