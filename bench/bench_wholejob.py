@@ -100,6 +100,12 @@ def our_model(work: Path, hf_dir: Path) -> dict:
                     "check_seconds": record.get("seconds"), "check_trigger": record.get("trigger"),
                     "agreement": {f"{rt}_{p}": r.get("agreement") for rt, res in record.get("results", {}).items()
                                   for p, r in res.items() if r.get("available")},
+                    "agreement_all_frames": {f"{rt}_{p}": r.get("agreement_all_frames")
+                                             for rt, res in record.get("results", {}).items()
+                                             for p, r in res.items() if r.get("available")},
+                    "decided_frames": {f"{rt}_{p}": f"{r.get('decided_frames')} of {r.get('frames')}"
+                                       for rt, res in record.get("results", {}).items()
+                                       for p, r in res.items() if r.get("available")},
                     "check_rtf": {f"{rt}_{p}": r.get("rtf") for rt, res in record.get("results", {}).items()
                                   for p, r in res.items() if r.get("available")}}
     return {"dir": out, "dir_int8": out_int8, "info": info}

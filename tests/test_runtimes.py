@@ -255,3 +255,26 @@ def test_runtime_and_precision_flags_are_shared(tmp_path):
     assert parser.parse_args(["transcribe", "x.wav", "--variant", "fp16"]).variant == "fp16"
     with pytest.raises(SystemExit):
         parser.parse_args(["transcribe", "x.wav", "--runtime", "tvm"])
+
+
+def test_agreement_counts_the_frames_the_reference_decides():
+    """Hand-worked: of five frames the reference decides four (margins 2.08, 0.69, 0.51 and 0.5
+    nats) and not the fifth (0.1); the other precision flips the near-tie and one decided frame."""
+    from w2v_serve.precision import DECIDED_MARGIN, MIN_DECIDED_FRAMES, argmax_agreement, decided_agreement
+
+    assert DECIDED_MARGIN == 0.5
+    ref = np.log(np.array([[0.8, 0.1, 0.1], [0.1, 0.6, 0.3], [0.3, 0.2, 0.5]]))
+    ref = np.concatenate([ref, [[-2.0, -4.0, -2.5], [-1.0, -1.1, -3.0]]])   # margins 0.5 and 0.1
+    other = ref.copy()
+    other[4] = [-1.1, -1.0, -3.0]              # the near-tie flips
+    other[1] = [-1.0, -2.0, -0.5]              # a decided frame flips (margin ln(0.6/0.3) = 0.69)
+    assert argmax_agreement([ref], [other]) == (3, 5)
+    assert argmax_agreement([ref], [other], margin=0.5) == (3, 4)
+    assert argmax_agreement([ref], [other], margin=3.0) == (0, 0)
+    # Too few decided frames: every frame counts.
+    assert decided_agreement([ref], [other]) == {"agreement": 0.6, "frames": 5, "decided_frames": 5,
+                                                 "agreement_all_frames": 0.6}
+    many_ref, many_other = [ref] * MIN_DECIDED_FRAMES, [other] * MIN_DECIDED_FRAMES
+    assert decided_agreement(many_ref, many_other) == {"agreement": 0.75, "frames": 5 * MIN_DECIDED_FRAMES,
+                                                       "decided_frames": 4 * MIN_DECIDED_FRAMES,
+                                                       "agreement_all_frames": 0.6}
