@@ -86,3 +86,21 @@ def test_raw_logits_cards_get_log_softmax(tmp_path):
     md.write_card()
     audio = speech_like(8000, seed=1)
     np.testing.assert_allclose(Engine(dst).infer([audio])[0], Engine(src).infer([audio])[0], atol=1e-5)
+
+
+def test_an_int8_engine_runs_each_input_alone_so_companions_do_not_change_it():
+    """int8 graphs quantize activations with one scale over the whole batch: batched with a loud
+    file, a quiet file's output would change. The engine runs them one input per run: the
+    quiet file's log-probs are identical alone and "batched"; its length plan has one per batch."""
+    from w2v_serve.model_dir import default_model_dir
+
+    model = default_model_dir()
+    if model is None or not (model / "model.int8.onnx").exists():
+        pytest.skip("no bundled model with an int8 variant")
+    engine = Engine(model, EngineOptions(runtime="onnxruntime", variant="int8"))
+    quiet, loud = speech_like(24000, seed=1, scale=0.02), speech_like(30000, seed=2, scale=1.0)
+    alone = engine.infer([quiet])[0]
+    np.testing.assert_array_equal(engine.infer([quiet, loud])[0], alone)
+    assert engine.plan_batches([24000, 30000, 20000]) == [[2], [0], [1]]
+    fp32 = Engine(model, EngineOptions(runtime="onnxruntime", variant="fp32"))
+    assert fp32.plan_batches([24000, 30000, 20000]) == [[2, 0, 1]]

@@ -244,6 +244,14 @@ class BatchPlan:
         window = max(round(options.window_s * self.sample_rate / self.stride) * self.stride, 4 * self.context)
         self.hop = window - 2 * self.context
         self.window = window
+        # int8 graphs quantize activations with one scale per tensor, computed at run time over the
+        # whole batch (padding included): batched with a louder file, a file's output changes. An
+        # engine running them keeps one input per run, so each output depends on its input alone.
+        self.one_row_per_run = False
+
+    @property
+    def rows_per_run(self) -> int:
+        return 1 if self.one_row_per_run else self.options.batch_size
 
     def num_frames(self, n_samples: int) -> int:
         """Frames the conv encoder gives for ``n_samples`` (0 below one receptive field)."""
@@ -259,7 +267,7 @@ class BatchPlan:
         batches: list[list[int]] = []
         for i in order:
             # Sorted ascending, so row i is the longest: the batch pads every row to its length.
-            if batches and len(batches[-1]) < self.options.batch_size and \
+            if batches and len(batches[-1]) < self.rows_per_run and \
                     (len(batches[-1]) + 1) * lengths[i] <= self.max_batch_samples:
                 batches[-1].append(i)
             else:
@@ -284,6 +292,7 @@ class Engine(BatchPlan):
         self.runtime, self.precision = choose_runtime_and_precision(self.model, options.runtime, options.variant,
                                                                     options.providers)
         self.variant = graph_variant(self.precision)
+        self.one_row_per_run = self.variant == "int8"
         self.session = self._open_session(self.model.graph_path(FULL_GRAPH, self.variant))
         self.providers = tuple(self.session.get_providers())    # what the runtime actually uses
         self._cpu = self.providers[0] in ("CPUExecutionProvider", OPENVINO_PROVIDER)
@@ -306,6 +315,8 @@ class Engine(BatchPlan):
         """One session run over mono float32 arrays; log-probs [frames_i, vocab] per array."""
         if not batch:
             return []
+        if self.one_row_per_run and len(batch) > 1:
+            return [out for a in batch for out in self.infer([a])]
         lengths = np.array([len(a) for a in batch], dtype=np.int64)
         if lengths.min() < self.receptive_field:
             short = int(lengths.argmin())
@@ -332,7 +343,7 @@ class Engine(BatchPlan):
         Yields ``(first_frame, log_probs)`` chunks that tile the recording's frames in order. Holds at
         most one run's windows (``batch_size``, within ``max_batch_seconds``) of audio at a time.
         """
-        bs = max(1, min(self.options.batch_size, self.max_batch_samples // self.window))
+        bs = max(1, min(self.rows_per_run, self.max_batch_samples // self.window))
         stride, hop, ctx, window = self.stride, self.hop, self.context, self.window
         buffer = np.zeros(0, dtype=np.float32)
         start = 0            # recording sample index of buffer[0]; always a window start
