@@ -68,6 +68,40 @@ def test_openvino_session_is_safe_across_threads():
         np.testing.assert_array_equal(out, ref)
 
 
+@needs_openvino
+def test_openvino_session_releases_its_buffers_only_when_no_run_is_in_progress():
+    """``release_memory`` frees the compiled model's intermediate buffers between runs (outputs
+    after it are unchanged) and refuses while another thread's run is in progress;
+    ``release_runtime_memory`` releases every idle OpenVINO session of the process."""
+    import threading
+
+    path = tiny_model_dir("attention") / "model.onnx"
+    ov = open_session(path, runtime="openvino", threads=1)
+    long = {"audio": speech_like(16000 * 60, seed=5)[None], "lengths": np.array([16000 * 60], np.int64)}
+    ref = ov.run(["logits"], long)[0]
+    assert ov.release_memory()
+    np.testing.assert_array_equal(ov.run(["logits"], long)[0], ref)
+    assert sessions.release_runtime_memory() >= 1
+
+    done, refused, outs = threading.Event(), [], []
+
+    def runs():
+        try:
+            for _ in range(10):
+                outs.append(ov.run(["logits"], long)[0])
+        finally:
+            done.set()
+    worker = threading.Thread(target=runs)
+    worker.start()
+    while not done.is_set():
+        if not ov.release_memory():
+            refused.append(True)
+    worker.join()
+    assert refused and ov.release_memory() and len(outs) == 10
+    for out in outs:
+        np.testing.assert_array_equal(out, ref)
+
+
 # ---------------------------------------------------------------------------- selection
 def test_runtime_selection_auto_and_forced(monkeypatch):
     assert resolve_runtime("onnxruntime") == "onnxruntime"

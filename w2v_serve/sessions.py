@@ -29,6 +29,7 @@ import hashlib
 import os
 import queue
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -199,6 +200,14 @@ def _ov_core():
 
 OPENVINO_CACHE_BYTES = 2 << 30      # compiled blobs kept (about a model's size each), oldest dropped first
 OPENVINO_CACHE_MIN_BYTES = 4 << 20  # graphs smaller than this are compiled every time
+_OPENVINO_SESSIONS: "weakref.WeakSet[OpenVINOSession]" = weakref.WeakSet()
+
+
+def release_runtime_memory() -> int:
+    """Hand back the intermediate buffers of every OpenVINO session of this process that is not
+    running (``OpenVINOSession.release_memory``); the number released. A compiled model keeps
+    buffers sized for the longest input it ran until then."""
+    return sum(session.release_memory() for session in list(_OPENVINO_SESSIONS))
 
 
 def _trim_cache(cache_dir: Path, limit: int = OPENVINO_CACHE_BYTES) -> None:
@@ -271,6 +280,9 @@ class OpenVINOSession:
         self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
         self._idle: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle.put(self._compiled.create_infer_request())
+        self._running = 0
+        self._running_lock = threading.Lock()
+        _OPENVINO_SESSIONS.add(self)
 
     # -------------------------------------------------------------- onnxruntime's interface
     def get_inputs(self) -> list[NodeArg]:
@@ -287,6 +299,8 @@ class OpenVINOSession:
         unknown = [n for n in names if n not in self._output_index]
         if unknown:
             raise EngineError(f"{self.path}: no output(s) {unknown}; has {list(self._output_index)}")
+        with self._running_lock:
+            self._running += 1
         try:
             request = self._idle.get_nowait()
         except queue.Empty:
@@ -298,6 +312,17 @@ class OpenVINOSession:
             return [result[self._output_index[n]] for n in names]
         finally:
             self._idle.put(request)
+            with self._running_lock:
+                self._running -= 1
+
+    def release_memory(self) -> bool:
+        """Free the compiled model's intermediate buffers (they are allocated again by the next
+        run) if no run is in progress; a run that starts meanwhile waits. True when freed."""
+        with self._running_lock:
+            if self._running:
+                return False
+            self._compiled.release_memory()
+            return True
 
     # -------------------------------------------------------------- extras
     @property

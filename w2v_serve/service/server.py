@@ -43,6 +43,7 @@ from w2v_serve.service.errors import ServiceError, invalid_argument, unavailable
 from w2v_serve.service.metrics import ServiceMetrics
 from w2v_serve.service.models import ModelRegistry
 from w2v_serve.streaming import StreamResult
+from w2v_serve.sessions import release_runtime_memory
 
 log = logging.getLogger("w2v.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recognizer"].full_name   # "w2v.v1.Recognizer"
@@ -205,6 +206,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             self.open_streams -= 1
             self.metrics.streams_open.dec()
             if self.open_streams == 0:
+                release_runtime_memory()  # OpenVINO's intermediate buffers, sized for the longest run
                 release_memory()     # the streams' buffers go back to the system, not to malloc's pools
                 if self._none_open is not None:
                     self._none_open.set()
