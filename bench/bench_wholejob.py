@@ -96,18 +96,14 @@ def our_model(work: Path, hf_dir: Path) -> dict:
     model = ModelDirectory.load(out)
     record = precision_record(model) or {}
     runtime, precision = choose_runtime_and_precision(model)
+    checked = [(f"{rt}_{p}", r) for rt, res in record.get("results", {}).items() for p, r in res.items()
+               if r.get("available")]
     info["auto"] = {"runtime": runtime, "precision": precision,
                     "check_seconds": record.get("seconds"), "check_trigger": record.get("trigger"),
-                    "agreement": {f"{rt}_{p}": r.get("agreement") for rt, res in record.get("results", {}).items()
-                                  for p, r in res.items() if r.get("available")},
-                    "agreement_all_frames": {f"{rt}_{p}": r.get("agreement_all_frames")
-                                             for rt, res in record.get("results", {}).items()
-                                             for p, r in res.items() if r.get("available")},
-                    "decided_frames": {f"{rt}_{p}": f"{r.get('decided_frames')} of {r.get('frames')}"
-                                       for rt, res in record.get("results", {}).items()
-                                       for p, r in res.items() if r.get("available")},
-                    "check_rtf": {f"{rt}_{p}": r.get("rtf") for rt, res in record.get("results", {}).items()
-                                  for p, r in res.items() if r.get("available")}}
+                    "agreement": {k: r.get("agreement") for k, r in checked},
+                    "agreement_all_frames": {k: r.get("agreement_all_frames") for k, r in checked},
+                    "decided_frames": {k: f"{r.get('decided_frames')} of {r.get('frames')}" for k, r in checked},
+                    "check_rtf": {k: r.get("rtf") for k, r in checked}}
     return {"dir": out, "dir_int8": out_int8, "info": info}
 
 

@@ -5,9 +5,10 @@ its frame-by-frame argmax agrees with the reference, fp32 ONNX Runtime on CPU, o
 ``THRESHOLD`` (99.5%) of the frames the reference *decides*: those whose best label leads the
 runner-up by at least ``DECIDED_MARGIN`` (0.5 nats, a probability ratio of 1.65). A frame closer
 than that is a near-tie that any rounding may break either way and that no decoder relies on; a
-trained model decides most frames (the bundled one 94%), a random one few (BASE, random init: 9%).
-With fewer than ``MIN_DECIDED_FRAMES`` decided frames every frame counts. The record, ``precision_check.json`` beside the
-model card, holds per runtime and precision: the agreement, whether it passed, the real-time factor
+trained model decides most of its frames, a model with flat logits (random init) few. With fewer
+than ``MIN_DECIDED_FRAMES`` decided frames every frame counts. The record,
+``precision_check.json`` beside the model card, holds per runtime and precision: the agreement
+(and ``agreement_all_frames``), whether it passed, the real-time factor
 measured in the same run, and the greedy transcript of the first utterance; the Engine's default
 precision (``--precision auto``) is the fastest one that passed for its runtime, among those this
 machine can run; and with ``--runtime auto`` on the kind of CPU the check ran on (same model and
