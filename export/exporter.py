@@ -149,8 +149,8 @@ def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, A
     if int8:
         card.variants["int8"] = _write_int8(model, work, files, card, check, opset)
     if external_data:
-        card.extra["external_data"] = {n: move_to_external_data(work / n).name
-                                       for files_ in card.variants.values() for n in files_.values()}
+        moved = {n: move_to_external_data(work / n) for files_ in card.variants.values() for n in files_.values()}
+        card.extra["external_data"] = {n: data.name for n, data in moved.items() if data is not None}
     ckpt.vocab.save(work / VOCAB_NAME)  # type: ignore[union-attr]
     _ship_language_model(ckpt, work, card)
     if check:
@@ -158,16 +158,17 @@ def _build_directory(model: Wav2Vec2Model, ckpt: Checkpoint, source: dict[str, A
     return card
 
 
-def move_to_external_data(path: Path) -> Path:
-    """Rewrite the ONNX file ``path`` with all its weights in one external data file
+def move_to_external_data(path: Path) -> Optional[Path]:
+    """Rewrite the ONNX file ``path`` with all its weights over 1 KiB in one external data file
     ``<name>.data`` beside it (ONNX Runtime and OpenVINO read it from the graph's folder);
-    returns the data file."""
+    returns the data file, or None when no weight is that large (the graph stays whole: an int8
+    graph of a small model can be)."""
     data = path.with_name(path.name + ".data")
     model = onnx.load(str(path))   # external data, if any, is read in
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
-    return data
+    return data if data.exists() else None
 
 
 def _ship_language_model(ckpt: Checkpoint, work: Path, card: ModelCard) -> None:

@@ -353,3 +353,27 @@ def test_attention_for_export_equals_scaled_dot_product_attention_with_its_scale
     ops = {n.op_type for n in nodes}
     assert "MatMul" in ops and "Softmax" in ops
     assert not ops & {"Sqrt", "Mul", "Div"}, sorted(ops)
+
+
+def test_external_data_holds_the_large_weights_and_a_graph_without_any_stays_whole(tmp_path):
+    """``move_to_external_data``: a graph with a 4 KiB weight gets GRAPH.onnx.data (and still
+    computes the same); one whose weights are all under 1 KiB (a small model's int8 graph can
+    be) is left whole, with no data file and None returned."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.exporter import move_to_external_data
+
+    def graph(path, size):
+        w = numpy_helper.from_array(np.arange(size, dtype=np.float32), "w")
+        node = helper.make_node("Add", ["x", "w"], ["y"])
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [w])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    big = graph(tmp_path / "big.onnx", 1024)
+    assert move_to_external_data(big) == tmp_path / "big.onnx.data" and (tmp_path / "big.onnx.data").stat().st_size == 4096
+    y = ort.InferenceSession(str(big), providers=["CPUExecutionProvider"]).run(None, {"x": np.ones(1024, np.float32)})[0]
+    np.testing.assert_array_equal(y, np.arange(1024, dtype=np.float32) + 1)
+    small = graph(tmp_path / "small.onnx", 16)
+    assert move_to_external_data(small) is None and not (tmp_path / "small.onnx.data").exists()
