@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.model import Wav2Vec2Model
-from training.model.components import (FeatureEncoder, MaskedInstanceNorm, SelfAttention, WeightNormConv1d,
+from training.model.components import (ConvLayerBlock, FeatureEncoder, MaskedInstanceNorm, SelfAttention, WeightNormConv1d,
                                        lengths_to_mask)
 from w2v_serve.model_dir import ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH
 
@@ -34,37 +34,76 @@ def fold_weight_norm(conv: WeightNormConv1d) -> nn.Conv1d:
     return plain
 
 
-class MatMulStatsInstanceNorm(nn.Module):
-    """``MaskedInstanceNorm`` (BASE's GroupNorm(512, 512) over each row's valid frames) with its
-    masked statistics taken as matrix-vector products: mean = x @ (mask / count) and
-    var = ((x - mean)^2) @ (mask / count). The same numbers; what changes is the work on the
-    largest tensor of the graph ([B, 512, samples / 5]): the masked sums of the training module
-    cost two extra elementwise passes over it (x * mask, (x - mean)^2 * mask), these cost none, so
-    a batch without padding pays about what an unmasked normalization costs (measured under
-    OpenVINO f32, BASE, 10 s: the non-GEMM/conv time of the graph +43% over an unmasked
-    export with the sums, +15% with these products). No control flow (``If``), which the
-    TensorRT rules of export.trt_check exclude."""
+class EdgeCorrectedInstanceNorm(nn.Module):
+    """``MaskedInstanceNorm`` of a conv's output, for export: the statistics over each row's valid
+    frames taken as sums over *all* frames, corrected for the frames past the end.
 
-    def __init__(self, norm: MaskedInstanceNorm) -> None:
+    With a bias-free conv whose input is zero beyond each row's length (``EdgeCorrectedConvBlock``
+    makes both so), of the frames past the valid ones (j >= frames, the conv arithmetic) only the
+    next ``ceil(kernel / stride)`` see valid samples; every later one is exactly 0. So, per row
+    and channel, with s1 = sum(x) and s2 = sum(x^2) over the whole width and e those edge frames,
+    mean = (s1 - sum(e)) / frames and var = (s2 - sum(e^2)) / frames - mean^2: the masked
+    statistics, read off the tensor by two reductions (ReduceSum, ReduceL2) with no masked copy,
+    then one multiply-add that runtimes fuse with the GELU. That is the work of an unmasked normalization
+    (transformers' export: InstanceNormalization), so one unpadded row pays what an export
+    without padding support pays. The one-pass variance is safe here: the conv output's
+    per-channel mean is small against its spread (the float32 parity tests hold).
+    """
+
+    def __init__(self, norm: MaskedInstanceNorm, kernel_size: int, stride: int) -> None:
         super().__init__()
         self.eps = norm.eps
+        self.edge = -(-kernel_size // stride)
         self.weight = nn.Parameter(norm.weight.detach().clone())
         self.bias = nn.Parameter(norm.bias.detach().clone())
 
     def forward(self, x: Tensor, lengths: Optional[Tensor]) -> Tensor:
-        """x: [B, C, T]; lengths: [B] valid frames or None."""
+        """x: [B, C, T] (zero where no valid sample reaches); lengths: [B] valid frames or None."""
+        b, c, t = x.shape
+        s1 = x.sum(dim=2, keepdim=True)
+        s2 = torch.linalg.vector_norm(x, 2, dim=2, keepdim=True).pow(2)
         if lengths is None:
-            mean = x.mean(dim=2, keepdim=True)
-            centered = x - mean
-            var = centered.pow(2).mean(dim=2, keepdim=True)
+            count = torch.full((b, 1, 1), t, dtype=x.dtype, device=x.device)
         else:
-            count = lengths.to(x.dtype).clamp(min=1).unsqueeze(1)
-            average = (lengths_to_mask(lengths, x.shape[2]).to(x.dtype) / count).unsqueeze(2)   # [B, T, 1]
-            mean = torch.matmul(x, average)                                                  # [B, C, 1]
-            centered = x - mean
-            var = torch.matmul(centered * centered, average)
+            index = lengths.unsqueeze(1) + torch.arange(self.edge, device=x.device)          # [B, E]
+            inside = (index < t).to(x.dtype).unsqueeze(1)                                    # [B, 1, E]
+            edge = torch.gather(x, 2, index.clamp(max=t - 1).unsqueeze(1).expand(b, c, self.edge)) * inside
+            s1 = s1 - edge.sum(dim=2, keepdim=True)
+            s2 = s2 - (edge * edge).sum(dim=2, keepdim=True)
+            count = lengths.to(x.dtype).clamp(min=1).view(-1, 1, 1)
+        mean = s1 / count
+        var = (s2 / count - mean * mean).clamp(min=0.0)
         scale = self.weight.view(1, -1, 1) / torch.sqrt(var + self.eps)
-        return centered * scale + self.bias.view(1, -1, 1)
+        return x * scale + (self.bias.view(1, -1, 1) - mean * scale)
+
+
+class EdgeCorrectedConvBlock(nn.Module):
+    """A ``ConvLayerBlock`` with per-channel normalization, for export: its input zeroed beyond
+    each row's length (a [B, 1, samples] multiply, far smaller than the conv output), then the
+    conv, ``EdgeCorrectedInstanceNorm`` and the GELU."""
+
+    def __init__(self, block) -> None:
+        super().__init__()
+        if block.norm_kind != "instance":
+            raise ValueError("EdgeCorrectedConvBlock takes a conv block with per-channel normalization")
+        self.kernel_size, self.stride, self.norm_kind = block.kernel_size, block.stride, block.norm_kind
+        # The normalization subtracts each channel's mean: a conv bias cancels, so it is left out
+        # (which also keeps the frames past the end exactly 0 and the one-pass variance's mean small).
+        self.conv = nn.Conv1d(block.conv.in_channels, block.conv.out_channels, block.kernel_size,
+                              stride=block.stride, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(block.conv.weight)
+        self.norm = EdgeCorrectedInstanceNorm(block.norm, block.kernel_size, block.stride)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return ConvLayerBlock.output_lengths(self, lengths)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor, lengths: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """x: [B, C_in, L] -> [B, C_out, L']; lengths follow the convolution arithmetic."""
+        if lengths is not None:
+            x = x * lengths_to_mask(lengths, x.shape[2]).unsqueeze(1).to(x.dtype)
+            lengths = self.output_lengths(lengths)
+        return F.gelu(self.norm(self.conv(x), lengths)), lengths
 
 
 class ConvAsMatMul(nn.Module):
@@ -165,9 +204,9 @@ class FoldedScaleAttention(nn.Module):
             bias = self.gate(x, self.num_heads) * position_bias
             attention_bias = bias if attention_bias is None else bias + attention_bias
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
-        k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # [B, H, d_k, T]
+        k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
         v = self.v_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)      # [B, H, T, d_k]
-        scores = torch.matmul(q, k)
+        scores = torch.matmul(q, k.transpose(-2, -1))
         if attention_bias is not None:
             scores = scores + attention_bias
         y = torch.matmul(torch.softmax(scores, dim=-1), v)
@@ -176,7 +215,7 @@ class FoldedScaleAttention(nn.Module):
 
 def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Vec2Model:
     """An eval-mode, float32 copy of ``model`` with every weight norm folded, the per-channel
-    normalization as ``MatMulStatsInstanceNorm`` and self-attention as ``FoldedScaleAttention``
+    normalization as ``EdgeCorrectedConvBlock`` and self-attention as ``FoldedScaleAttention``
     (the original is untouched). ``conv_as_matmul``:
     the conv encoder as ``MatMulFeatureEncoder`` (for the int8 variant)."""
     model = copy.deepcopy(model).float().eval()
@@ -184,8 +223,8 @@ def inference_copy(model: Wav2Vec2Model, conv_as_matmul: bool = False) -> Wav2Ve
         for name, child in module.named_children():
             if isinstance(child, WeightNormConv1d):
                 setattr(module, name, fold_weight_norm(child))
-            elif isinstance(child, MaskedInstanceNorm):
-                setattr(module, name, MatMulStatsInstanceNorm(child))
+            elif isinstance(child, ConvLayerBlock) and child.norm_kind == "instance":
+                setattr(module, name, EdgeCorrectedConvBlock(child))
             elif isinstance(child, SelfAttention):
                 setattr(module, name, FoldedScaleAttention(child))
     if conv_as_matmul:

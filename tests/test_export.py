@@ -175,12 +175,13 @@ def test_fp16_keeps_normalization_and_softmax_in_fp32(exported):
     _, _, model_dir = exported("group", False)
     model = onnx.load(str(model_dir / "model.fp16.onnx"))
     types = tensor_types(model)
-    # The per-channel norm's masked statistics are matrix-vector products in its scope
-    # (export.graphs.MatMulStatsInstanceNorm): those stay fp32 too.
-    norm_stats = [n for n in model.graph.node if n.op_type == "MatMul" and "/norm/" in n.name]
+    # The per-channel norm's statistics are reductions in its scope
+    # (export.graphs.EdgeCorrectedInstanceNorm: ReduceSum, ReduceL2): those stay fp32 too.
+    norm_stats = [n for n in model.graph.node if n.op_type.startswith("Reduce") and "/norm/" in n.name]
     fp32_nodes = norm_stats + [n for n in model.graph.node
                                if n.op_type in ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean")]
-    assert {n.op_type for n in fp32_nodes} >= {"LayerNormalization", "Softmax", "LogSoftmax"} and len(norm_stats) == 2
+    assert {n.op_type for n in fp32_nodes} >= {"LayerNormalization", "Softmax", "LogSoftmax"}
+    assert {n.op_type for n in norm_stats} == {"ReduceSum", "ReduceL2"}
     for node in fp32_nodes:
         float_inputs = [types[i] for i in node.input if types.get(i) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
         assert float_inputs and all(t == onnx.TensorProto.FLOAT for t in float_inputs), node.name
@@ -353,6 +354,32 @@ def test_attention_for_export_equals_scaled_dot_product_attention_with_its_scale
     ops = {n.op_type for n in nodes}
     assert "MatMul" in ops and "Softmax" in ops
     assert not ops & {"Sqrt", "Mul", "Div"}, sorted(ops)
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+@pytest.mark.parametrize("lengths", [(1000, 1000), (1000, 997, 991, 640, 400), (1003, 1001, 999)])
+def test_edge_corrected_norm_block_equals_the_masked_block_whatever_the_padding(lengths, conv_bias):
+    """export.graphs.EdgeCorrectedConvBlock (statistics as full-width sums minus the frames past
+    the end that still see valid samples) against the training block run on each row alone
+    (float64), with the padding filled with large garbage: each row's valid frames agree to
+    1e-12 of their scale."""
+    from export.graphs import EdgeCorrectedConvBlock
+    from training.model.components import ConvLayerBlock
+
+    torch.manual_seed(0)
+    block = ConvLayerBlock(1, 64, 10, 5, conv_bias, "instance").double().eval()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.2, 0.2)
+        edge = EdgeCorrectedConvBlock(block).double()
+        n = torch.tensor(lengths)
+        x = torch.randn(len(lengths), int(n.max()) + 7, dtype=torch.float64) + 0.3
+        x = x + 1000.0 * (torch.arange(x.shape[1]) >= n[:, None])
+        out, out_lengths = edge(x.unsqueeze(1), n)
+        for row, length in enumerate(lengths):
+            ref, ref_length = block(x[row:row + 1, :length].unsqueeze(1), n[row:row + 1])
+            assert int(out_lengths[row]) == int(ref_length[0]) == ref.shape[2]
+            torch.testing.assert_close(out[row, :, :ref.shape[2]], ref[0], rtol=0, atol=1e-12 * float(ref.abs().max()))
 
 
 def test_external_data_holds_the_large_weights_and_a_graph_without_any_stays_whole(tmp_path):
