@@ -51,12 +51,29 @@ def test_length_buckets_group_similar_lengths_and_leave_long_inputs_to_windows()
     assert capped.plan_batches([16000 * s for s in (5, 1, 9, 2, 6)]) == [[1, 3], [0, 4], [2]]
 
 
+def with_pauses(seconds: float, seed: int, pause_s: float = 0.4) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """speech_like bursts of 1.5-2.5 s separated by ``pause_s`` of quiet (noise 60 dB down), and
+    the (start, stop) samples of each pause."""
+    rng = np.random.default_rng(seed)
+    parts, pauses, n = [], [], 0
+    while n < seconds * 16000:
+        burst = speech_like(int(rng.uniform(1.5, 2.5) * 16000), seed=int(rng.integers(1 << 16)))
+        quiet = (1e-3 * rng.standard_normal(int(pause_s * 16000))).astype(np.float32)
+        parts += [burst, quiet]
+        pauses.append((n + len(burst), n + len(burst) + len(quiet)))
+        n += len(burst) + len(quiet)
+    return np.concatenate(parts)[: int(seconds * 16000)], pauses
+
+
+@pytest.mark.parametrize("pauses", [False, True])
 @pytest.mark.parametrize("seconds", [12.5, 41.0, 70.3])
-def test_stitched_windows_reproduce_whole_input_logits(seconds):
+def test_stitched_segments_reproduce_whole_input_logits(seconds, pauses):
     """With a frame-local model every frame's logits are fully determined by its own samples, so
-    the stitched windows must equal one run over the whole input, frame for frame."""
-    engine = Engine(tiny_model_dir("local"), EngineOptions(window_s=8.0, context_s=1.0, batch_size=3))
-    audio = speech_like(int(seconds * 16000), seed=3)
+    the stitched segments (cut at pauses, or windows) must equal one run over the whole input,
+    frame for frame."""
+    engine = Engine(tiny_model_dir("local"), EngineOptions(window_s=8.0, context_s=1.0, batch_size=3,
+                                                           segment_min_s=2.0, segment_max_s=5.0))
+    audio = with_pauses(seconds, seed=3)[0] if pauses else speech_like(int(seconds * 16000), seed=3)
     whole = engine.infer([audio])[0]
     # Blocks of odd sizes, as a file reader would give them.
     blocks = [audio[k:k + 12345] for k in range(0, len(audio), 12345)]
@@ -67,6 +84,43 @@ def test_stitched_windows_reproduce_whole_input_logits(seconds):
     assert stitched.shape == whole.shape == (engine.num_frames(len(audio)), len(engine.model.vocab))
     np.testing.assert_allclose(stitched, whole, atol=1e-4)
     assert np.array_equal(engine.log_probs(audio).argmax(1), whole.argmax(1))
+
+
+def test_long_recordings_are_cut_inside_pauses_and_fall_back_to_windows_without_them():
+    """Cuts land inside the quiet gaps, segments are min..max long and overlap nothing (every
+    2-6 s span of the audio holds a whole gap); steady noise has no pause, so it runs as
+    windows with context (each after the first starting context_s before its kept frames)."""
+    options = EngineOptions(window_s=8.0, context_s=1.0, segment_min_s=2.0, segment_max_s=6.0)
+    engine = Engine(tiny_model_dir("local"), options)
+    audio, pauses = with_pauses(60.0, seed=5)
+    segments = list(engine.segments([audio[k:k + 7777] for k in range(0, len(audio), 7777)]))
+    assert len(segments) > 10 and segments[-1].stop_frame is None
+    for previous, segment in zip(segments, segments[1:]):
+        cut = previous.stop_frame * engine.stride
+        assert segment.start == cut                                  # no overlap after a pause cut
+        assert any(a <= cut < b for a, b in pauses), cut
+        assert 2.0 * 16000 <= cut - previous.start <= 6.0 * 16000
+    noise = (0.1 * np.random.default_rng(0).standard_normal(30 * 16000)).astype(np.float32)
+    windows = list(engine.segments([noise]))
+    assert [len(w.audio) for w in windows[:-1]] == [engine.window] * (len(windows) - 1)
+    assert all(b.start == a.stop_frame * engine.stride - engine.context for a, b in zip(windows, windows[1:]))
+
+
+def test_find_pause_takes_the_middle_of_the_longest_quiet_run():
+    """Hand-made levels: tone at -6 dBFS with quiet runs of 0.1 s (too short), 0.3 s and 0.5 s
+    (noise at -66 dBFS); the cut is the middle of the 0.5 s run, on its 10 ms frame grid. A
+    window that excludes it gets the 0.3 s run; steady noise has none."""
+    from w2v_serve.pauses import find_pause
+
+    rate = 16000
+    rng = np.random.default_rng(0)
+    tone = lambda s: (0.7 * np.sin(2 * np.pi * 200 * np.arange(int(s * rate)) / rate)).astype(np.float32)
+    quiet = lambda s: (7e-4 * rng.standard_normal(int(s * rate))).astype(np.float32)
+    audio = np.concatenate([tone(1), quiet(0.1), tone(1), quiet(0.3), tone(1), quiet(0.5), tone(1)])
+    assert find_pause(audio, 0, len(audio), rate) == int(3.4 * rate) + int(0.25 * rate)
+    assert find_pause(audio, 0, int(3.3 * rate), rate) == int(2.1 * rate) + int(0.15 * rate)
+    assert find_pause(audio, 0, int(2.0 * rate), rate) is None
+    assert find_pause(quiet(5.0), 0, 5 * rate, rate) is None
 
 
 def test_window_geometry_is_on_the_frame_grid():

@@ -11,12 +11,16 @@
   kind of CPU, else fp32.
 * Batches: rows padded to the longest, with ``lengths`` so each row gets the result it gets alone;
   ``plan_batches`` groups inputs of similar length (length buckets) so little compute is padding.
-* Long recordings: overlapping windows. Window k starts at ``k * hop`` samples (a multiple of the
-  frame stride, so its frames fall on the recording's frame grid) and is ``hop + 2 * context``
-  long; of its frames we keep those whose own context reaches ``context`` into both neighbours,
-  and the kept frames of consecutive windows tile the recording exactly. ``stream_log_probs``
-  takes the audio as a stream of blocks and yields the stitched frames as they are ready, so
-  memory stays bounded by the window batch whatever the duration.
+* Long recordings (longer than ``window_s``) run as a sequence of segments whose kept frames
+  tile the recording's frame grid exactly. A segment ends at a pause (w2v_serve.pauses) between
+  ``segment_min_s`` and ``segment_max_s`` after its start: the model then sees silence on both
+  sides of the cut, so neither side needs context and no audio runs twice, and a segment of
+  10-20 s costs less per second than a 30 s window (attention grows with the square of its
+  length). Where no pause is found, the segment is a window of ``window_s`` with ``context_s`` of
+  overlap on each side of its kept frames, the frames whose own context reaches ``context_s``
+  into both neighbours (``cut_at_pauses=False``: windows throughout). ``stream_log_probs`` takes
+  the audio as a stream of blocks and yields the stitched frames as they are ready, so memory
+  stays bounded by one batch of windows whatever the duration.
 
 Output is log-probabilities [frames, vocab] per input (log-softmax applied here when the card says
 the graph emits raw logits).
@@ -33,6 +37,7 @@ import numpy as np
 
 from w2v_serve.model_dir import (CARD_NAME, FULL_GRAPH, PRECISION_CHECK_NAME, ModelDirectory, ModelDirError,
                                  read_precision_checks)
+from w2v_serve.pauses import find_pause
 from w2v_serve.sessions import (AUTO, ONNXRUNTIME, OPENVINO, OPENVINO_PROVIDER, EngineError, cache_root,
                                 gpu_providers_present, machine_signature, open_session, openvino_available,
                                 openvino_supports_bf16, resolve_runtime)
@@ -63,6 +68,12 @@ class EngineOptions:
                                              # measured no worse in WER (docs/engine.md, "Window context")
     pad_multiple: int = 0                    # pad batch length to a multiple of this many samples
                                              # (0: the frame stride; TensorRT: 1 s, fewer engine shapes)
+    cut_at_pauses: bool = True               # long recordings: segments cut at pauses (no overlap),
+                                             # overlapping windows where no pause is found
+    segment_min_s: float = 10.0              # a pause cut ends a segment this long at the shortest
+    segment_max_s: float = 20.0              # and this long at the longest
+    segment_pad_s: float = 0.5               # segments padded to a multiple of this (fewer input
+                                             # shapes: a runtime prepares each new one, ~0.1 s)
 
 
 def graph_variant(precision: str) -> str:
@@ -227,6 +238,16 @@ def choose_runtime_and_precision(model: ModelDirectory, runtime: str = AUTO, pre
     return chosen, resolve_precision(model, precision, chosen, providers)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One model run of a long recording: ``audio`` from sample ``start`` (a multiple of the frame
+    stride); its frames are kept up to recording frame ``stop_frame`` (None: to the end)."""
+
+    start: int
+    audio: np.ndarray
+    stop_frame: Optional[int]
+
+
 class BatchPlan:
     """An engine's window geometry and batch planning, without a session: ``Engine`` is one; a
     stage that plans the batches an engine elsewhere runs (``w2v transcribe --ray``) makes one
@@ -311,18 +332,20 @@ class Engine(BatchPlan):
         return session
 
     # ------------------------------------------------------------------ inference
-    def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One session run over mono float32 arrays; log-probs [frames_i, vocab] per array."""
+    def infer(self, batch: Sequence[np.ndarray], pad_multiple: Optional[int] = None) -> list[np.ndarray]:
+        """One session run over mono float32 arrays; log-probs [frames_i, vocab] per array. The
+        run's length is padded to a multiple of ``pad_multiple`` samples (default: the engine's)."""
         if not batch:
             return []
         if self.one_row_per_run and len(batch) > 1:
-            return [out for a in batch for out in self.infer([a])]
+            return [out for a in batch for out in self.infer([a], pad_multiple)]
         lengths = np.array([len(a) for a in batch], dtype=np.int64)
         if lengths.min() < self.receptive_field:
             short = int(lengths.argmin())
             raise EngineError(f"input {short} has {lengths[short]} samples; the model needs at least "
                               f"{self.receptive_field} ({1000 * self.receptive_field / self.sample_rate:.0f} ms)")
-        width = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        pad = max(self.pad_multiple, pad_multiple or 0)
+        width = -(-int(lengths.max()) // pad) * pad
         audio = np.zeros((len(batch), width), dtype=np.float32)
         for row, a in zip(audio, batch):
             row[: len(a)] = a
@@ -341,50 +364,77 @@ class Engine(BatchPlan):
         """Stitched log-probs of the recording whose samples ``blocks`` yields in order.
 
         Yields ``(first_frame, log_probs)`` chunks that tile the recording's frames in order. Holds at
-        most one run's windows (``batch_size``, within ``max_batch_seconds``) of audio at a time.
+        most one run's segments (``batch_size``, within ``max_batch_seconds``) of audio at a time.
         """
         bs = max(1, min(self.rows_per_run, self.max_batch_samples // self.window))
-        stride, hop, ctx, window = self.stride, self.hop, self.context, self.window
-        buffer = np.zeros(0, dtype=np.float32)
-        start = 0            # recording sample index of buffer[0]; always a window start
+        pad = None
+        if self.options.cut_at_pauses:
+            pad = self.stride * max(1, round(self.options.segment_pad_s * self.sample_rate / self.stride))
         next_frame = 0       # first frame not yet emitted
-        pending: list[np.ndarray] = []
+        runs: list[Segment] = []
 
-        def run(windows: list[tuple[int, np.ndarray, bool]]) -> Iterator[tuple[int, np.ndarray]]:
+        def run() -> Iterator[tuple[int, np.ndarray]]:
             nonlocal next_frame
-            outputs = self.infer([w for _, w, _ in windows])
-            for (w_start, _, last), lp in zip(windows, outputs):
-                first_kept = next_frame - w_start // stride
-                stop = len(lp) if last else (hop + ctx) // stride
-                chunk = lp[first_kept:stop]
+            for segment, lp in zip(runs, self.infer([r.audio for r in runs], pad_multiple=pad)):
+                first = segment.start // self.stride
+                stop = len(lp) if segment.stop_frame is None else segment.stop_frame - first
+                chunk = lp[next_frame - first:stop]
                 if len(chunk):
                     yield next_frame, chunk
                     next_frame += len(chunk)
 
-        for block in blocks:
-            pending.append(np.asarray(block, dtype=np.float32))
-            if sum(len(p) for p in pending) < window:
-                continue
-            buffer = np.concatenate([buffer, *pending])
-            pending = []
-            # Enough for bs windows that are surely not the last (more audio follows each).
-            while len(buffer) > (bs - 1) * hop + window:
-                windows = [(start + k * hop, buffer[k * hop: k * hop + window], False) for k in range(bs)]
-                yield from run(windows)
-                buffer = buffer[bs * hop:].copy()
-                start += bs * hop
-        buffer = np.concatenate([buffer, *pending])
-        # The rest: windows until one reaches the end.
-        windows = []
-        k = 0
-        while True:
-            piece = buffer[k * hop: k * hop + window]
-            last = k * hop + window >= len(buffer)
-            if len(piece) >= self.receptive_field:
-                windows.append((start + k * hop, piece, last))
-            if last:
-                break
-            k += 1
-        for b in range(0, len(windows), bs):
-            yield from run(windows[b:b + bs])
+        for segment in self.segments(blocks):
+            runs.append(segment)
+            if len(runs) == bs:
+                yield from run()
+                runs = []
+        yield from run()
 
+    def segments(self, blocks: Iterable[np.ndarray]) -> Iterator["Segment"]:
+        """The runs a recording (its samples streamed as ``blocks``) is cut into: each keeps the
+        frames from where the previous one stopped up to its ``stop_frame`` (the last: to the
+        end). See the module docstring for where the cuts fall."""
+        stride, ctx, window = self.stride, self.context, self.window
+        lo = int(self.options.segment_min_s * self.sample_rate)
+        hi = int(self.options.segment_max_s * self.sample_rate)
+        pending: list[np.ndarray] = []
+        buffer = np.zeros(0, dtype=np.float32)
+        base = 0             # recording sample index of buffer[0]
+        cut = 0              # where the next segment's kept frames start (a multiple of the stride)
+        overlap = False      # whether the previous cut was a window's (the next needs left context)
+        ended = False
+        source = iter(blocks)
+        while True:
+            first = cut - (ctx if overlap else 0)
+            # Audio up to one window past the segment's first sample, or all there is.
+            while not ended and base + len(buffer) + sum(len(p) for p in pending) < first + window + ctx:
+                try:
+                    pending.append(np.asarray(next(source), dtype=np.float32))
+                except StopIteration:
+                    ended = True
+            if pending:
+                buffer = np.concatenate([buffer, *pending])
+                pending = []
+            buffer, base = buffer[first - base:], first
+            n = base + len(buffer)
+            stop = None
+            if self.options.cut_at_pauses and (not ended or n - cut > hi):
+                # Leave at least half a minimum segment after the cut.
+                last = min(cut + hi, n - lo // 2) if ended else cut + hi
+                if last > cut + lo:
+                    pause = find_pause(buffer[:last - base + ctx], cut + lo - base, last - base, self.sample_rate)
+                    if pause is not None:
+                        stop = (base + pause) // stride * stride
+            if stop is not None:
+                # The kept frames' receptive fields end receptive_field - stride samples past the cut.
+                end = stop + self.receptive_field - stride
+                yield Segment(first, buffer[: end - base], stop // stride)
+                cut, overlap = stop, False
+                continue
+            if ended and n - first <= window:
+                if n - first >= self.receptive_field:
+                    yield Segment(first, buffer, None)
+                return
+            stop = first + window - ctx
+            yield Segment(first, buffer[: window], stop // stride)
+            cut, overlap = stop, True
