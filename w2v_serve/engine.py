@@ -15,7 +15,7 @@
   tile the recording's frame grid exactly. A segment ends at a pause (w2v_serve.pauses) between
   ``segment_min_s`` and ``segment_max_s`` after its start: the model then sees silence on both
   sides of the cut, so neither side needs context and no audio runs twice, and a segment of
-  10-20 s costs less per second than a 30 s window (attention grows with the square of its
+  8-16 s costs less per second than a 30 s window (attention grows with the square of its
   length). Where no pause is found, the segment is a window of ``window_s`` with ``context_s`` of
   overlap on each side of its kept frames, the frames whose own context reaches ``context_s``
   into both neighbours (``cut_at_pauses=False``: windows throughout). ``stream_log_probs`` takes
@@ -70,8 +70,9 @@ class EngineOptions:
                                              # (0: the frame stride; TensorRT: 1 s, fewer engine shapes)
     cut_at_pauses: bool = True               # long recordings: segments cut at pauses (no overlap),
                                              # overlapping windows where no pause is found
-    segment_min_s: float = 10.0              # a pause cut ends a segment this long at the shortest
-    segment_max_s: float = 20.0              # and this long at the longest
+    segment_min_s: float = 8.0               # a pause cut ends a segment this long at the shortest
+    segment_max_s: float = 16.0              # and this long at the longest (8-16 s: about the
+                                             # length of the utterances models are fine-tuned on)
     segment_pad_s: float = 0.5               # segments padded to a multiple of this (fewer input
                                              # shapes: a runtime prepares each new one, ~0.1 s)
 
