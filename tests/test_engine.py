@@ -158,3 +158,13 @@ def test_an_int8_engine_runs_each_input_alone_so_companions_do_not_change_it():
     assert engine.plan_batches([24000, 30000, 20000]) == [[2], [0], [1]]
     fp32 = Engine(model, EngineOptions(runtime="onnxruntime", variant="fp32"))
     assert fp32.plan_batches([24000, 30000, 20000]) == [[2, 0, 1]]
+
+
+def test_transcribe_flags_choose_pause_cuts_or_windows():
+    from w2v_serve.cli import build_parser
+    from w2v_serve.cli.transcribe import _engine_options
+
+    parse = build_parser().parse_args
+    assert _engine_options(parse(["transcribe", "a.wav"])).cut_at_pauses
+    windows = _engine_options(parse(["transcribe", "a.wav", "--no-pause-cuts", "--window", "20"]))
+    assert not windows.cut_at_pauses and windows.window_s == 20.0

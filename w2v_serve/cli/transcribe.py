@@ -49,7 +49,10 @@ def add_parsers(sub) -> None:
     run.add_argument("--batch-size", type=int, default=8, metavar="N", help="files (or windows) per model run")
     run.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads (default: all cores)")
     run.add_argument("--window", type=float, default=30.0, metavar="SECONDS",
-                     help="longer recordings run in overlapping windows of this length")
+                     help="longer recordings run in 8-16 s segments cut at pauses, and in overlapping "
+                          "windows of this length where there is no pause")
+    run.add_argument("--no-pause-cuts", action="store_true",
+                     help="run longer recordings in overlapping windows throughout")
     run.add_argument("--decode-workers", type=int, default=None, metavar="N",
                      help="processes that run the beam search beside the model (default: none while the "
                           "model runs on the CPU, where a low-priority thread decodes beside it; with the "
@@ -236,7 +239,8 @@ def _engine_options(args):
     from w2v_serve.engine import EngineOptions
 
     return EngineOptions(variant=args.variant, runtime=args.runtime, threads=args.threads,
-                         batch_size=args.batch_size, window_s=args.window)
+                         batch_size=args.batch_size, window_s=args.window,
+                         cut_at_pauses=not args.no_pause_cuts)
 
 
 def _triton_options(args) -> dict:
