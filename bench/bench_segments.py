@@ -4,10 +4,10 @@ rate and model time, side by side in one run.
 Recordings: the held-out corpus of ``bench decoding`` (espeak-ng sentences in the model card's
 held-out voices) joined into recordings of about ``--seconds`` each, sentences back to back as
 espeak-ng writes them (its own short silences at each end) with a pause of 0.2-0.8 s between
-them; the same recordings over steady white noise at 25 dB and 10 dB SNR (at 10 dB the pauses
+them; the same recordings over steady white noise at 25 dB and 10 dB SNR (at 10 dB most pauses
 are too close to the speech's level for the pause finder, w2v_serve.pauses, and it falls back
-to windows). Each recording is transcribed with the
-model's default decoder (``options_for_model``: beam search + its LM) by ``Transcriber`` with
+to windows there). Each recording is transcribed with the model's default decoder
+(``options_for_model``: beam search + its LM) by ``Transcriber`` with
 ``EngineOptions(cut_at_pauses=True)`` (the default) and ``False`` (30 s windows with 1 s of
 context each side); model time is the engine's own (``Engine.infer``), medians of rounds.
 
@@ -33,15 +33,15 @@ SNRS_DB = (25, 10)
 def recordings(audio: list[np.ndarray], texts: list[str], seconds: float, seed: int = 0):
     """Sentences joined with 0.2-0.8 s pauses into recordings of about ``seconds``: (audio, text) pairs."""
     rng = np.random.default_rng(seed)
-    out, parts, words = [], [], []
+    out, parts, sentences = [], [], []
     for a, text in zip(audio, texts):
         parts += [a.astype(np.float32), np.zeros(int(rng.uniform(0.2, 0.8) * SAMPLE_RATE), np.float32)]
-        words.append(text)
+        sentences.append(text)
         if sum(len(p) for p in parts) >= seconds * SAMPLE_RATE:
-            out.append((np.concatenate(parts), " ".join(words)))
-            parts, words = [], []
+            out.append((np.concatenate(parts), " ".join(sentences)))
+            parts, sentences = [], []
     if parts:
-        out.append((np.concatenate(parts), " ".join(words)))
+        out.append((np.concatenate(parts), " ".join(sentences)))
     return out
 
 
@@ -102,11 +102,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, interleaved (default 3)")
     args = parser.parse_args(argv or [])
     from bench.bench_decoding import _corpus
+    from w2v_serve.audio import load_audio
     from w2v_serve.transcribe import _bundled_model
 
     load_before = os.getloadavg()
-    from w2v_serve.audio import load_audio
-
     rows, _ = _corpus(args.sentences)
     clean = recordings([load_audio(r["wav"]) for r in rows], [r["text"] for r in rows], args.seconds)
     sets = {"clean": clean}

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.model import Wav2Vec2Model
-from training.model.components import (ConvLayerBlock, FeatureEncoder, MaskedInstanceNorm, SelfAttention, WeightNormConv1d,
-                                       lengths_to_mask)
+from training.model.components import (ConvLayerBlock, FeatureEncoder, MaskedInstanceNorm, SelfAttention,
+                                       WeightNormConv1d, lengths_to_mask)
 from w2v_serve.model_dir import ENCODER_GRAPH, FULL_GRAPH, GRAPH_IO, TRANSFORMER_GRAPH
 
 
@@ -44,9 +44,9 @@ class EdgeCorrectedInstanceNorm(nn.Module):
     and channel, with s1 = sum(x) and s2 = sum(x^2) over the whole width and e those edge frames,
     mean = (s1 - sum(e)) / frames and var = (s2 - sum(e^2)) / frames - mean^2: the masked
     statistics, read off the tensor by two reductions (ReduceSum, ReduceL2) with no masked copy,
-    then one multiply-add that runtimes fuse with the GELU. That is the work of an unmasked normalization
-    (transformers' export: InstanceNormalization), so one unpadded row pays what an export
-    without padding support pays. The one-pass variance is safe here: the conv output's
+    then one multiply-add that runtimes fuse with the GELU. That is the work of an unmasked
+    normalization (transformers' export: InstanceNormalization), so one unpadded row pays what
+    an export without padding support pays. The one-pass variance is safe here: the conv output's
     per-channel mean is small against its spread (the float32 parity tests hold).
     """
 

@@ -106,6 +106,19 @@ def test_long_recordings_are_cut_inside_pauses_and_fall_back_to_windows_without_
     assert all(b.start == a.stop_frame * engine.stride - engine.context for a, b in zip(windows, windows[1:]))
 
 
+@pytest.mark.parametrize("fill", ["zeros", "constant"])
+def test_a_recording_without_any_level_range_runs_as_windows_and_keeps_every_frame(fill):
+    """Digital silence or a constant offset: no dynamic range, so no pause is trusted; the
+    recording runs as context windows and the stitched frames still cover it exactly."""
+    engine = Engine(tiny_model_dir("local"), EngineOptions(window_s=8.0, context_s=1.0,
+                                                           segment_min_s=2.0, segment_max_s=5.0))
+    audio = np.zeros(20 * 16000, np.float32) + (0.0 if fill == "zeros" else 0.25)
+    segments = list(engine.segments([audio]))
+    assert len(segments) > 1 and all(len(s.audio) == engine.window for s in segments[:-1])
+    chunks = list(engine.stream_log_probs([audio]))
+    assert sum(len(c) for _, c in chunks) == engine.num_frames(len(audio))
+
+
 def test_find_pause_takes_the_middle_of_the_longest_quiet_run():
     """Hand-made levels: tone at -6 dBFS with quiet runs of 0.1 s (too short), 0.3 s and 0.5 s
     (noise at -66 dBFS); the cut is the middle of the 0.5 s run, on its 10 ms frame grid. A

@@ -199,7 +199,7 @@ def load_stage(batch: dict, job: RayJob, cpu: bool) -> Iterator[dict]:
                 items.append([i, paths[i], audio, error])
             yield _row_batch([(chunk, "batch", items)])
         for i in ok:
-            if i not in planned:     # long: windows
+            if i not in planned:     # long: the engine's segments
                 stream = samples[i] > LOAD_LIMIT_S * plan.sample_rate
                 audio, error = (None, None) if stream else _load(paths[i], plan.sample_rate)
                 yield _row_batch([(chunk, "long", [[i, paths[i], audio, error]])])

@@ -56,13 +56,13 @@ class EngineOptions:
     runtime: str = AUTO                      # auto, onnxruntime, openvino (sessions.resolve_runtime)
     providers: Optional[tuple[str, ...]] = None   # default: sessions.PROVIDER_PREFERENCE ∩ available
     threads: int = 0                         # intra-op threads; 0 = onnxruntime's choice (all cores)
-    batch_size: int = 8                      # rows per run (short files, or windows of a long one)
+    batch_size: int = 8                      # rows per run (short files, or segments of a long one)
     max_batch_seconds: Optional[float] = None  # and at most this much padded audio per run (memory:
                                              # attention grows with rows x length^2); default 120 s
                                              # on GPUs, 30 s on CPU (one window: batching windows
                                              # costs CPU runtimes ~40% more per audio second, measured
                                              # on the default model, 2 threads)
-    window_s: float = 30.0                   # recordings longer than this go through windows
+    window_s: float = 30.0                   # recordings longer than this run in segments
     context_s: float = 1.0                   # overlap on each side of a window's kept frames: 1.07x
                                              # the compute of no overlap with 30 s windows (2 s: 1.15x);
                                              # measured no worse in WER (docs/engine.md, "Window context")
@@ -391,7 +391,7 @@ class Engine(BatchPlan):
                 runs = []
         yield from run()
 
-    def segments(self, blocks: Iterable[np.ndarray]) -> Iterator["Segment"]:
+    def segments(self, blocks: Iterable[np.ndarray]) -> Iterator[Segment]:
         """The runs a recording (its samples streamed as ``blocks``) is cut into: each keeps the
         frames from where the previous one stopped up to its ``stop_frame`` (the last: to the
         end). See the module docstring for where the cuts fall."""
@@ -399,6 +399,7 @@ class Engine(BatchPlan):
         lo = int(self.options.segment_min_s * self.sample_rate)
         hi = int(self.options.segment_max_s * self.sample_rate)
         pending: list[np.ndarray] = []
+        held = 0             # samples in buffer and pending
         buffer = np.zeros(0, dtype=np.float32)
         base = 0             # recording sample index of buffer[0]
         cut = 0              # where the next segment's kept frames start (a multiple of the stride)
@@ -408,15 +409,17 @@ class Engine(BatchPlan):
         while True:
             first = cut - (ctx if overlap else 0)
             # Audio up to one window past the segment's first sample, or all there is.
-            while not ended and base + len(buffer) + sum(len(p) for p in pending) < first + window + ctx:
+            while not ended and base + held < first + window + ctx:
                 try:
                     pending.append(np.asarray(next(source), dtype=np.float32))
+                    held += len(pending[-1])
                 except StopIteration:
                     ended = True
             if pending:
                 buffer = np.concatenate([buffer, *pending])
                 pending = []
             buffer, base = buffer[first - base:], first
+            held = len(buffer)
             n = base + len(buffer)
             stop = None
             if self.options.cut_at_pauses and (not ended or n - cut > hi):
