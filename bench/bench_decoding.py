@@ -15,6 +15,9 @@ by side in one run, with the bundled model (beam 64 + its LM, the default) on es
                   takes whatever has arrived in one ``accept_many`` (as the service's inference
                   worker does); partial latency = result time - arrival of the piece that
                   completed the chunk's look-ahead. With and without the full-context final pass.
+* ``wer``       - WER of the same decoders on a larger held-out set (300 sentences, same voices;
+                  model run once, each decoder once): where this search and pyctcdecode
+                  disagree, which one is closer to the sentence.
 * ``job``       - ``Transcriber`` over the WAV files: beam + LM (0 and 2 decode workers) vs greedy,
                   wall and CPU seconds, medians of repeats.
 
@@ -35,6 +38,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -106,16 +110,12 @@ def _pyctcdecode_stock(labels, options):
     return BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), lm)
 
 
-def bench_batch(engine, rows, audio, model_opts) -> dict:
-    from w2v_serve.audio import resample
+def _deciders(engine, model_opts) -> tuple[list, Optional[dict]]:
+    """(name, log-probs -> text) for this search, pyctcdecode's own, greedy and (if installed)
+    flashlight-text; and flashlight-text's build cost."""
     from w2v_serve.decoding import CTCDecoder
-    from w2v_serve.scoring import normalize_for_scoring as norm
 
     vocab = engine.model.vocab
-    lps = [engine.log_probs(resample(a, r, 16000)) for a, r in audio]
-    seconds = sum(len(lp) for lp in lps) * engine.frame_seconds
-    silence = engine.log_probs(np.zeros(160000, np.float32))
-    refs = [norm(r["text"]) for r in rows]
     beam = CTCDecoder(vocab, model_opts, frame_seconds=engine.frame_seconds)
     greedy = CTCDecoder(vocab, frame_seconds=engine.frame_seconds)
     stock = _pyctcdecode_stock(vocab.pyctcdecode_labels(), model_opts)
@@ -124,16 +124,31 @@ def bench_batch(engine, rows, audio, model_opts) -> dict:
         return " ".join(stock.decode_beams(lp, beam_width=model_opts.beam_width, beam_prune_logp=-10.0,
                                            token_min_logp=-5.0)[0][0].split())
 
-    out = {"audio_s": round(seconds, 1), "utterances": len(lps)}
     deciders = [("search", lambda lp: beam.decode(lp).text), ("pyctcdecode", stock_text),
                 ("greedy", lambda lp: greedy.decode(lp).text)]
+    build = None
     try:
         fl_decode, _, fl_build = _flashlight(vocab, model_opts)
         deciders.append(("flashlight", fl_decode))
-        out["flashlight_build"] = {"cpu_s": round(fl_build[0], 3), "rss_mb": round(fl_build[1], 1)}
+        build = {"cpu_s": round(fl_build[0], 3), "rss_mb": round(fl_build[1], 1)}
         print(f"flashlight-text: lexicon trie + LM built in {fl_build[0]:.2f} CPU-s, +{fl_build[1]:.0f} MB", flush=True)
     except ImportError:
         print("flashlight-text is not installed: left out", flush=True)
+    return deciders, build
+
+
+def bench_batch(engine, rows, audio, model_opts) -> dict:
+    from w2v_serve.audio import resample
+    from w2v_serve.scoring import normalize_for_scoring as norm
+
+    lps = [engine.log_probs(resample(a, r, 16000)) for a, r in audio]
+    seconds = sum(len(lp) for lp in lps) * engine.frame_seconds
+    silence = engine.log_probs(np.zeros(160000, np.float32))
+    refs = [norm(r["text"]) for r in rows]
+    out = {"audio_s": round(seconds, 1), "utterances": len(lps)}
+    deciders, build = _deciders(engine, model_opts)
+    if build:
+        out["flashlight_build"] = build
     for name, fn in deciders:
         cpu = []
         for _ in range(3):
@@ -201,6 +216,37 @@ def _flashlight(vocab, options):
         return text(decoder.get_all_final_hypothesis()[0])
 
     return decode, stream, build
+
+
+def bench_wer(engine, model_opts, n: int) -> dict:
+    """WER of each decoder over n held-out sentences; per sentence where this search and
+    pyctcdecode differ, the word errors of each."""
+    from w2v_serve.audio import resample
+    from w2v_serve.scoring import error_counts
+    from w2v_serve.scoring import normalize_for_scoring as norm
+
+    rows, audio = _corpus(n)
+    lps = [engine.log_probs(resample(a, r, 16000)) for a, r in audio]
+    refs = [norm(r["text"]) for r in rows]
+    deciders, _ = _deciders(engine, model_opts)
+    hyps = {name: [norm(fn(lp)) for lp in lps] for name, fn in deciders}
+    out: dict = {"utterances": n, "words": error_counts(refs, hyps["search"])["words"],
+                 "audio_s": round(sum(len(lp) for lp in lps) * engine.frame_seconds, 1)}
+    for name in hyps:
+        out[name] = _wer(refs, hyps[name])
+    better = worse = same = 0
+    for ref, a, b in zip(refs, hyps["search"], hyps["pyctcdecode"]):
+        if a != b:
+            ea, eb = (error_counts([ref], [h])["word_errors"] for h in (a, b))
+            better += ea < eb
+            worse += ea > eb
+            same += ea == eb
+    out["search_vs_pyctcdecode"] = {"differ": better + worse + same, "search_closer": better,
+                                    "pyctcdecode_closer": worse, "as_close": same}
+    print(f"WER over {n} sentences ({out['words']} words): " +
+          ", ".join(f"{name} {out[name]:.2%}" for name in hyps) +
+          f"; search vs pyctcdecode: {out['search_vs_pyctcdecode']}", flush=True)
+    return out
 
 
 def bench_streaming_decode(engine, lps, model_opts, chunk_frames: int = 32) -> dict:
@@ -386,7 +432,7 @@ def bench_job(rows, repeats: int) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench decoding")
     parser.add_argument("--quick", action="store_true", help="fewer utterances and streams")
-    parser.add_argument("--parts", default="batch,streaming,build,capacity,job")
+    parser.add_argument("--parts", default="batch,streaming,build,capacity,wer,job")
     args = parser.parse_args(argv or [])
     import pyctcdecode
     import kenlm  # noqa: F401
@@ -415,6 +461,8 @@ def main(argv=None) -> dict:
     if "capacity" in parts:
         result["capacity"] = bench_capacity(model_dir, opts, audio, 6.0 if args.quick else 10.0,
                                             (2, 4, 8) if args.quick else (4, 8, 12, 16, 24))
+    if "wer" in parts:
+        result["wer"] = bench_wer(engine, opts, 60 if args.quick else 300)
     if "job" in parts:
         result["job"] = bench_job(rows, 1 if args.quick else 3)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
