@@ -137,7 +137,7 @@ def _deciders(engine, model_opts) -> tuple[list, Optional[dict]]:
     return deciders, build
 
 
-def bench_batch(engine, rows, audio, model_opts) -> dict:
+def bench_batch(engine, rows, audio, deciders) -> dict:
     from w2v_serve.audio import resample
     from w2v_serve.scoring import normalize_for_scoring as norm
 
@@ -146,9 +146,6 @@ def bench_batch(engine, rows, audio, model_opts) -> dict:
     silence = engine.log_probs(np.zeros(160000, np.float32))
     refs = [norm(r["text"]) for r in rows]
     out = {"audio_s": round(seconds, 1), "utterances": len(lps)}
-    deciders, build = _deciders(engine, model_opts)
-    if build:
-        out["flashlight_build"] = build
     for name, fn in deciders:
         cpu = []
         for _ in range(3):
@@ -218,7 +215,7 @@ def _flashlight(vocab, options):
     return decode, stream, build
 
 
-def bench_wer(engine, model_opts, n: int) -> dict:
+def bench_wer(engine, deciders, n: int) -> dict:
     """WER of each decoder over n held-out sentences; per sentence where this search and
     pyctcdecode differ, the word errors of each."""
     from w2v_serve.audio import resample
@@ -228,7 +225,6 @@ def bench_wer(engine, model_opts, n: int) -> dict:
     rows, audio = _corpus(n)
     lps = [engine.log_probs(resample(a, r, 16000)) for a, r in audio]
     refs = [norm(r["text"]) for r in rows]
-    deciders, _ = _deciders(engine, model_opts)
     hyps = {name: [norm(fn(lp)) for lp in lps] for name, fn in deciders}
     out: dict = {"utterances": n, "words": error_counts(refs, hyps["search"])["words"],
                  "audio_s": round(sum(len(lp) for lp in lps) * engine.frame_seconds, 1)}
@@ -452,8 +448,12 @@ def main(argv=None) -> dict:
                     "decoder": {"method": opts.method, "beam_width": opts.beam_width, "alpha": opts.alpha, "beta": opts.beta},
                     "runtime": engine.runtime, "precision": engine.precision, "load_start": [round(x, 2) for x in load_start]}
     lps = None
+    if parts & {"batch", "streaming", "wer"}:
+        deciders, flashlight_build = _deciders(engine, opts)     # built once for both parts
     if parts & {"batch", "streaming"}:
-        result["batch"], lps = bench_batch(engine, rows, audio, opts)
+        result["batch"], lps = bench_batch(engine, rows, audio, deciders)
+        if flashlight_build:
+            result["batch"]["flashlight_build"] = flashlight_build
     if "streaming" in parts:
         result["streaming"] = bench_streaming_decode(engine, lps, opts)
     if "build" in parts:
@@ -462,7 +462,7 @@ def main(argv=None) -> dict:
         result["capacity"] = bench_capacity(model_dir, opts, audio, 6.0 if args.quick else 10.0,
                                             (2, 4, 8) if args.quick else (4, 8, 12, 16, 24))
     if "wer" in parts:
-        result["wer"] = bench_wer(engine, opts, 60 if args.quick else 300)
+        result["wer"] = bench_wer(engine, deciders, 60 if args.quick else 300)
     if "job" in parts:
         result["job"] = bench_job(rows, 1 if args.quick else 3)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]

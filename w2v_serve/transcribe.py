@@ -12,8 +12,9 @@
 Inputs are file paths or float/int arrays (mono or [frames, channels]) at ``sample_rate``.
 Files no longer than the engine's window are loaded whole and batched by length; longer ones are
 streamed through the engine's segments (cut at pauses, or overlapping windows; w2v_serve.engine)
-and decoded in segments cut at word boundaries, so memory is bounded whatever the duration. A file that cannot be read becomes a result with ``error`` set;
-the others are unaffected.
+and their log-probabilities decoded in pieces cut at word boundaries, so memory is bounded
+whatever the duration. A file that cannot be read becomes a result with ``error`` set; the others
+are unaffected.
 """
 
 from __future__ import annotations
