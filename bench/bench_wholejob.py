@@ -16,8 +16,13 @@ peer's graph. Speech: ``--seconds`` of espeak-ng sentences in several voices in 
 2. Graphs: ours (``model.onnx``; ``model.int8.onnx`` from ``w2v export --int8``) against the
    peer's (its int8: the same dynamic MatMul quantization, export.variants.write_int8) on 10 s
    of the speech, under ONNX Runtime fp32 and int8, OpenVINO f32 and bf16 (where the CPU has it),
-   2 threads, rounds interleaved; medians of wall time and of process CPU time (the CPU time is
-   the steadier figure on a loaded machine).
+   2 threads; medians of wall time and of process CPU time (the CPU time is the steadier figure
+   on a loaded machine). Rounds are interleaved, in reverse order every other round, and each
+   runtime/precision also runs a second, identical session of the peer's graph: its ratio to the
+   first (``peer_vs_peer``) is the noise floor of that comparison in this run.
+3. Attention's padding bias: one attention block (MatMul, Add of the [B, 1, 1, T] bias, Softmax,
+   MatMul; 12 heads of 64, T = 499 frames: 10 s) against the same block without the Add, under
+   ONNX Runtime fp32 with the product's session settings; the difference per block.
 
     python -m bench wholejob                     # 10 minutes of speech, 3 rounds
     python -m bench wholejob --seconds 60 --rounds 3
@@ -163,11 +168,11 @@ def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio:
     x = audio[None]
     ours_feed = {"audio": x, "lengths": np.array([x.shape[1]], np.int64)}
     peer_feed = {"input_values": x}
-    pairs: dict[str, tuple[Callable, Callable]] = {}
+    pairs: dict[str, tuple[Callable, ...]] = {}
 
-    def ort(a: Path, b: Path) -> tuple[Callable, Callable]:
-        sa, sb = (open_session(p, providers=CPU_ONLY, threads=THREADS) for p in (a, b))
-        return (lambda: sa.run(None, ours_feed)), (lambda: sb.run(None, peer_feed))
+    def ort(a: Path, b: Path) -> tuple[Callable, ...]:
+        sa, sb, sb2 = (open_session(p, providers=CPU_ONLY, threads=THREADS) for p in (a, b, b))
+        return (lambda: sa.run(None, ours_feed)), (lambda: sb.run(None, peer_feed)), (lambda: sb2.run(None, peer_feed))
 
     pairs["onnxruntime_fp32"] = ort(ours, peer)
     pairs["onnxruntime_int8"] = ort(ours_int8, peer_int8)
@@ -179,29 +184,77 @@ def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio:
         for hint in hints:
             ra, _ = ov_plain(ours, hint)
             rb, _ = ov_plain(peer, hint)
+            rb2, _ = ov_plain(peer, hint)
             pairs[f"openvino_{hint}"] = ((lambda r: lambda: r.infer(ours_feed))(ra),
-                                         (lambda r: lambda: r.infer(peer_feed))(rb))
+                                         (lambda r: lambda: r.infer(peer_feed))(rb),
+                                         (lambda r: lambda: r.infer(peer_feed))(rb2))
     else:
         notes["openvino"] = "not installed"
-    systems = {f"{k}_{side}": fn for k, (a, b) in pairs.items() for side, fn in (("ours", a), ("peer", b))}
+    systems = {f"{k}_{side}": fn for k, fns in pairs.items() for side, fn in zip(("ours", "peer", "peer_again"), fns)}
+    wall, cpu = interleaved(systems, rounds)
+    out: dict = {"audio_seconds": GRAPH_SECONDS, "threads": THREADS, "rounds": rounds, **({"notes": notes} if notes else {})}
+    for k in pairs:
+        ow, pw, aw = (statistics.median(wall[f"{k}_{side}"]) for side in ("ours", "peer", "peer_again"))
+        oc, pc, ac = (statistics.median(cpu[f"{k}_{side}"]) for side in ("ours", "peer", "peer_again"))
+        out[k] = {"ours_seconds": round(ow, 4), "peer_seconds": round(pw, 4), "ours_vs_peer": round(ow / pw, 3),
+                  "ours_cpu_seconds": round(oc, 4), "peer_cpu_seconds": round(pc, 4),
+                  "cpu_ours_vs_peer": round(oc / pc, 3),
+                  "peer_vs_peer": round(aw / pw, 3), "cpu_peer_vs_peer": round(ac / pc, 3)}
+    return out
+
+
+def interleaved(systems: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
+    """Wall and process-CPU seconds of each system over ``rounds`` rounds after one warm-up call
+    each; every other round runs the systems in reverse order, so none always follows the same one."""
     wall: dict[str, list[float]] = {k: [] for k in systems}
     cpu: dict[str, list[float]] = {k: [] for k in systems}
     for fn in systems.values():
         fn()                                                           # warm-up
-    for _ in range(rounds):
-        for name, fn in systems.items():
+    for r in range(rounds):
+        for name in (list(systems) if r % 2 == 0 else list(systems)[::-1]):
             w, c = time.perf_counter(), time.process_time()
-            fn()
+            systems[name]()
             cpu[name].append(time.process_time() - c)
             wall[name].append(time.perf_counter() - w)
-    out: dict = {"audio_seconds": GRAPH_SECONDS, "threads": THREADS, "rounds": rounds, **({"notes": notes} if notes else {})}
-    for k in pairs:
-        ow, pw = statistics.median(wall[f"{k}_ours"]), statistics.median(wall[f"{k}_peer"])
-        oc, pc = statistics.median(cpu[f"{k}_ours"]), statistics.median(cpu[f"{k}_peer"])
-        out[k] = {"ours_seconds": round(ow, 4), "peer_seconds": round(pw, 4), "ours_vs_peer": round(ow / pw, 3),
-                  "ours_cpu_seconds": round(oc, 4), "peer_cpu_seconds": round(pc, 4),
-                  "cpu_ours_vs_peer": round(oc / pc, 3)}
-    return out
+    return wall, cpu
+
+
+def attention_bias_cost(rounds: int = 200) -> dict:
+    """One attention block with and without the padding bias's Add under ONNX Runtime fp32 (the
+    product's session settings, 2 threads): 12 heads of 64, T = 499 frames (10 s), batch 1."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from w2v_serve.sessions import ort_session_options
+
+    heads, dim, frames = 12, 64, 499
+
+    def block(with_bias: bool) -> ort.InferenceSession:
+        shapes = {"q": ["b", heads, "t", dim], "kt": ["b", heads, dim, "t"], "v": ["b", heads, "t", dim],
+                  "bias": ["b", 1, 1, "t"]}
+        names = ["q", "kt", "v"] + (["bias"] if with_bias else [])
+        scores = "s_biased" if with_bias else "s"
+        nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"])]
+        nodes += [helper.make_node("Add", ["s", "bias"], ["s_biased"])] if with_bias else []
+        nodes += [helper.make_node("Softmax", [scores], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["o"])]
+        graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n])
+                                                       for n in names],
+                                  [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return ort.InferenceSession(model.SerializeToString(), ort_session_options(THREADS),
+                                    providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    feed = {"q": rng.standard_normal((1, heads, frames, dim), dtype=np.float32),
+            "kt": rng.standard_normal((1, heads, dim, frames), dtype=np.float32),
+            "v": rng.standard_normal((1, heads, frames, dim), dtype=np.float32),
+            "bias": np.zeros((1, 1, 1, frames), np.float32)}
+    with_bias, without = block(True), block(False)
+    wall, _ = interleaved({"with": lambda: with_bias.run(None, feed),
+                           "without": lambda: without.run(None, {k: feed[k] for k in ("q", "kt", "v")})}, rounds)
+    w, wo = statistics.median(wall["with"]), statistics.median(wall["without"])
+    return {"frames": frames, "heads": heads, "rounds": rounds, "with_bias_ms": round(w * 1e3, 3),
+            "without_bias_ms": round(wo * 1e3, 3), "bias_ms_per_block": round((w - wo) * 1e3, 3)}
 
 
 def graph_structure(ours: Path, peer: Path) -> dict:
@@ -247,6 +300,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             result["graph_structure"] = graph_structure(ours["dir"] / "model.onnx", peer)
             result["graphs"] = graph_comparison(ours["dir"] / "model.onnx", ours["dir_int8"] / "model.int8.onnx",
                                                 peer, work, audio, max(5, 2 * args.rounds + 1))
+            result["attention_bias"] = attention_bias_cost()
         if not args.skip_job:
             bundled = default_model_dir()
             lm = bundled / "lm.arpa" if bundled is not None and (bundled / "lm.arpa").exists() else None
@@ -268,7 +322,12 @@ def _print(result: dict) -> None:
         for k, v in g.items():
             if isinstance(v, dict) and "ours_vs_peer" in v:
                 print(f"  {k:18s} wall {v['ours_seconds']:.3f} / {v['peer_seconds']:.3f} s = {v['ours_vs_peer']:.3f}x   "
-                      f"CPU {v['ours_cpu_seconds']:.3f} / {v['peer_cpu_seconds']:.3f} s = {v['cpu_ours_vs_peer']:.3f}x")
+                      f"CPU {v['ours_cpu_seconds']:.3f} / {v['peer_cpu_seconds']:.3f} s = {v['cpu_ours_vs_peer']:.3f}x   "
+                      f"(theirs again: {v['peer_vs_peer']:.3f}x wall, {v['cpu_peer_vs_peer']:.3f}x CPU)")
+    a = result.get("attention_bias")
+    if a:
+        print(f"attention block, {a['heads']} heads x {a['frames']} frames, ONNX Runtime fp32: {a['with_bias_ms']} ms with "
+              f"the padding bias, {a['without_bias_ms']} ms without: {a['bias_ms_per_block']} ms per block")
     j = result.get("whole_job")
     if j:
         print(f"whole job, {j['audio_seconds']} s of speech; model only ({j['model_only']}): {j['model_only_seconds']} s")
