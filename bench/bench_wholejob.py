@@ -24,8 +24,9 @@ peer's graph. Speech: ``--seconds`` of espeak-ng sentences in several voices in 
    MatMul; 12 heads of 64, T = 499 frames: 10 s) against the same block without the Add, under
    ONNX Runtime fp32 with the product's session settings; the difference per block.
 
-    python -m bench wholejob                     # 10 minutes of speech, 3 rounds
-    python -m bench wholejob --seconds 60 --rounds 3
+    python -m bench wholejob                     # 10 minutes of speech, 3 rounds (graphs: 15)
+    python -m bench wholejob --seconds 60 --rounds 3 --graph-rounds 7
+    python -m bench wholejob --skip-job          # the graph comparison only
 """
 
 from __future__ import annotations
@@ -277,7 +278,9 @@ def graph_structure(ours: Path, peer: Path) -> dict:
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench wholejob")
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds of speech for the whole job (default 600)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the whole job (default 3)")
+    parser.add_argument("--graph-rounds", type=int, default=15,
+                        help="interleaved rounds of the graph comparison (default 15)")
     parser.add_argument("--cache", metavar="DIR", help="keep models and audio here between runs (development)")
     parser.add_argument("--skip-job", action="store_true", help="graph comparison only")
     parser.add_argument("--skip-graphs", action="store_true", help="whole job only")
@@ -299,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             audio = load_audio(wav)[: int(GRAPH_SECONDS * SAMPLE_RATE)]
             result["graph_structure"] = graph_structure(ours["dir"] / "model.onnx", peer)
             result["graphs"] = graph_comparison(ours["dir"] / "model.onnx", ours["dir_int8"] / "model.int8.onnx",
-                                                peer, work, audio, max(5, 2 * args.rounds + 1))
+                                                peer, work, audio, args.graph_rounds)
             result["attention_bias"] = attention_bias_cost()
         if not args.skip_job:
             bundled = default_model_dir()
