@@ -16,16 +16,17 @@ peer's graph. Speech: ``--seconds`` of espeak-ng sentences in several voices in 
 2. Graphs: ours (``model.onnx``; ``model.int8.onnx`` from ``w2v export --int8``) against the
    peer's (its int8: the same dynamic MatMul quantization, export.variants.write_int8) on 10 s
    of the speech, under ONNX Runtime fp32 and int8, OpenVINO f32 and bf16 (where the CPU has it),
-   2 threads; medians of wall time and of process CPU time (the CPU time is the steadier figure
-   on a loaded machine). Rounds are interleaved, in reverse order every other round, and each
-   runtime/precision also runs a second, identical session of the peer's graph: its ratio to the
-   first (``peer_vs_peer``) is the noise floor of that comparison in this run.
+   2 threads; wall time and process CPU time (the CPU time is the steadier figure on a loaded
+   machine). Identical sessions of one graph differ by a few percent, stably (where the weights
+   land in memory), so each side runs as several sessions (``--graph-sessions``) and its figure
+   is the median of its sessions' medians; ``*_sessions_range`` is their spread around it.
+   Rounds are interleaved, in reverse order every other round.
 3. Attention's padding bias: one attention block (MatMul, Add of the [B, 1, 1, T] bias, Softmax,
    MatMul; 12 heads of 64, T = 499 frames: 10 s) against the same block without the Add, under
    ONNX Runtime fp32 with the product's session settings; the difference per block.
 
-    python -m bench wholejob                     # 10 minutes of speech, 3 rounds (graphs: 15)
-    python -m bench wholejob --seconds 60 --rounds 3 --graph-rounds 7
+    python -m bench wholejob                     # 10 minutes of speech, 3 rounds; graphs: 5 sessions x 6 rounds
+    python -m bench wholejob --seconds 60 --rounds 3 --graph-sessions 3
     python -m bench wholejob --skip-job          # the graph comparison only
 """
 
@@ -158,8 +159,13 @@ def whole_job(model_dir: Path, peer: Path, wav: Path, lm: Optional[Path], rounds
 
 
 # ---------------------------------------------------------------------------- 2. graphs
-def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio: np.ndarray, rounds: int) -> dict:
-    """Ours against the peer's graph under each runtime/precision: medians of wall and CPU seconds."""
+def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio: np.ndarray, rounds: int,
+                     sessions: int) -> dict:
+    """Ours against the peer's graph under each runtime/precision. Each side runs as ``sessions``
+    sessions (compiled models) of its own: identical sessions differ by a few percent, stably
+    (where the weights land in memory), so one session per side measures that placement as much
+    as the graph. Per session the median over ``rounds`` interleaved rounds; per side the median
+    of its sessions' medians, and the spread of its sessions around it."""
     from export import variants
     from w2v_serve.sessions import CPU_ONLY, open_session, openvino_available, openvino_supports_bf16
 
@@ -167,40 +173,46 @@ def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio:
     if not peer_int8.exists():
         variants.write_int8(peer, peer_int8, ["MatMul"])
     x = audio[None]
-    ours_feed = {"audio": x, "lengths": np.array([x.shape[1]], np.int64)}
-    peer_feed = {"input_values": x}
-    pairs: dict[str, tuple[Callable, ...]] = {}
+    feeds = {"ours": {"audio": x, "lengths": np.array([x.shape[1]], np.int64)}, "peer": {"input_values": x}}
 
-    def ort(a: Path, b: Path) -> tuple[Callable, ...]:
-        sa, sb, sb2 = (open_session(p, providers=CPU_ONLY, threads=THREADS) for p in (a, b, b))
-        return (lambda: sa.run(None, ours_feed)), (lambda: sb.run(None, peer_feed)), (lambda: sb2.run(None, peer_feed))
+    def ort(path: Path, side: str) -> Callable:
+        session = open_session(path, providers=CPU_ONLY, threads=THREADS)
+        return lambda: session.run(None, feeds[side])
 
-    pairs["onnxruntime_fp32"] = ort(ours, peer)
-    pairs["onnxruntime_int8"] = ort(ours_int8, peer_int8)
+    def openvino(hint: str) -> Callable[[Path, str], Callable]:
+        def make(path: Path, side: str) -> Callable:
+            request, _ = ov_plain(path, hint)
+            return lambda: request.infer(feeds[side])
+        return make
+
+    cases: dict[str, tuple[Callable, dict]] = {"onnxruntime_fp32": (ort, {"ours": ours, "peer": peer}),
+                                               "onnxruntime_int8": (ort, {"ours": ours_int8, "peer": peer_int8})}
     notes = {}
     if openvino_available():
         hints = ["f32"] + (["bf16"] if openvino_supports_bf16() else [])
         if "bf16" not in hints:
             notes["openvino_bf16"] = "not run: this CPU has no native bf16"
         for hint in hints:
-            ra, _ = ov_plain(ours, hint)
-            rb, _ = ov_plain(peer, hint)
-            rb2, _ = ov_plain(peer, hint)
-            pairs[f"openvino_{hint}"] = ((lambda r: lambda: r.infer(ours_feed))(ra),
-                                         (lambda r: lambda: r.infer(peer_feed))(rb),
-                                         (lambda r: lambda: r.infer(peer_feed))(rb2))
+            cases[f"openvino_{hint}"] = (openvino(hint), {"ours": ours, "peer": peer})
     else:
         notes["openvino"] = "not installed"
-    systems = {f"{k}_{side}": fn for k, fns in pairs.items() for side, fn in zip(("ours", "peer", "peer_again"), fns)}
-    wall, cpu = interleaved(systems, rounds)
-    out: dict = {"audio_seconds": GRAPH_SECONDS, "threads": THREADS, "rounds": rounds, **({"notes": notes} if notes else {})}
-    for k in pairs:
-        ow, pw, aw = (statistics.median(wall[f"{k}_{side}"]) for side in ("ours", "peer", "peer_again"))
-        oc, pc, ac = (statistics.median(cpu[f"{k}_{side}"]) for side in ("ours", "peer", "peer_again"))
-        out[k] = {"ours_seconds": round(ow, 4), "peer_seconds": round(pw, 4), "ours_vs_peer": round(ow / pw, 3),
-                  "ours_cpu_seconds": round(oc, 4), "peer_cpu_seconds": round(pc, 4),
-                  "cpu_ours_vs_peer": round(oc / pc, 3),
-                  "peer_vs_peer": round(aw / pw, 3), "cpu_peer_vs_peer": round(ac / pc, 3)}
+    out: dict = {"audio_seconds": GRAPH_SECONDS, "threads": THREADS, "rounds": rounds, "sessions": sessions,
+                 **({"notes": notes} if notes else {})}
+    for name, (make, paths) in cases.items():       # one case at a time: its sessions, then freed
+        systems = {f"{side}{i}": make(paths[side], side) for i in range(sessions) for side in ("ours", "peer")}
+        wall, cpu = interleaved(systems, rounds)
+        del systems
+        result: dict = {}
+        for side in ("ours", "peer"):
+            per_wall = [statistics.median(wall[f"{side}{i}"]) for i in range(sessions)]
+            per_cpu = [statistics.median(cpu[f"{side}{i}"]) for i in range(sessions)]
+            w, c = statistics.median(per_wall), statistics.median(per_cpu)
+            result[f"{side}_seconds"] = round(w, 4)
+            result[f"{side}_cpu_seconds"] = round(c, 4)
+            result[f"{side}_sessions_range"] = [round(min(per_wall) / w, 3), round(max(per_wall) / w, 3)]
+        result["ours_vs_peer"] = round(result["ours_seconds"] / result["peer_seconds"], 3)
+        result["cpu_ours_vs_peer"] = round(result["ours_cpu_seconds"] / result["peer_cpu_seconds"], 3)
+        out[name] = result
     return out
 
 
@@ -279,8 +291,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench wholejob")
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds of speech for the whole job (default 600)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the whole job (default 3)")
-    parser.add_argument("--graph-rounds", type=int, default=15,
-                        help="interleaved rounds of the graph comparison (default 15)")
+    parser.add_argument("--graph-rounds", type=int, default=6,
+                        help="interleaved rounds of the graph comparison (default 6)")
+    parser.add_argument("--graph-sessions", type=int, default=5,
+                        help="sessions of each graph per runtime/precision in the comparison (default 5)")
     parser.add_argument("--cache", metavar="DIR", help="keep models and audio here between runs (development)")
     parser.add_argument("--skip-job", action="store_true", help="graph comparison only")
     parser.add_argument("--skip-graphs", action="store_true", help="whole job only")
@@ -302,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             audio = load_audio(wav)[: int(GRAPH_SECONDS * SAMPLE_RATE)]
             result["graph_structure"] = graph_structure(ours["dir"] / "model.onnx", peer)
             result["graphs"] = graph_comparison(ours["dir"] / "model.onnx", ours["dir_int8"] / "model.int8.onnx",
-                                                peer, work, audio, args.graph_rounds)
+                                                peer, work, audio, args.graph_rounds, args.graph_sessions)
             result["attention_bias"] = attention_bias_cost()
         if not args.skip_job:
             bundled = default_model_dir()
@@ -321,12 +335,13 @@ def _print(result: dict) -> None:
               f"(check {s['auto'].get('check_seconds')} s; agreement {s['auto'].get('agreement')})")
     g = result.get("graphs")
     if g:
-        print(f"our graph vs transformers' export, {GRAPH_SECONDS:.0f} s, {THREADS} threads, medians of {g['rounds']}:")
+        print(f"our graph vs transformers' export, {GRAPH_SECONDS:.0f} s, {THREADS} threads, {g['sessions']} sessions "
+              f"each, medians of {g['rounds']} rounds:")
         for k, v in g.items():
             if isinstance(v, dict) and "ours_vs_peer" in v:
                 print(f"  {k:18s} wall {v['ours_seconds']:.3f} / {v['peer_seconds']:.3f} s = {v['ours_vs_peer']:.3f}x   "
                       f"CPU {v['ours_cpu_seconds']:.3f} / {v['peer_cpu_seconds']:.3f} s = {v['cpu_ours_vs_peer']:.3f}x   "
-                      f"(theirs again: {v['peer_vs_peer']:.3f}x wall, {v['cpu_peer_vs_peer']:.3f}x CPU)")
+                      f"(sessions: ours {v['ours_sessions_range']}, theirs {v['peer_sessions_range']} of the median)")
     a = result.get("attention_bias")
     if a:
         print(f"attention block, {a['heads']} heads x {a['frames']} frames, ONNX Runtime fp32: {a['with_bias_ms']} ms with "
