@@ -25,6 +25,8 @@ peer's graph. Speech: ``--seconds`` of espeak-ng sentences in several voices in 
 3. Attention's padding bias: one attention block (MatMul, Add of the [B, 1, 1, T] bias, Softmax,
    MatMul; 12 heads of 64, T = 499 frames: 10 s) against the same block without the Add, under
    ONNX Runtime fp32 with the product's session settings; the difference per block.
+4. Opening our graph's session as ``w2v transcribe`` does here (OpenVINO bf16): without a cache,
+   with OpenVINO's form of the graph (IR) not yet in the cache, and from it.
 
     python -m bench wholejob                     # 10 minutes of speech, 3 rounds; graphs: 5 sessions x 6 rounds
     python -m bench wholejob --seconds 60 --rounds 3 --graph-sessions 3
@@ -237,6 +239,40 @@ def interleaved(systems: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
     return wall, cpu
 
 
+def session_open(model: Path, rounds: int = 3) -> dict:
+    """Seconds to open our graph's session the way ``w2v transcribe`` does by default here
+    (OpenVINO bf16, 2 threads): with no cache at all (``cache=False``: read the ONNX file,
+    compile), with OpenVINO's form of the graph not cached yet (an empty cache each time: read the
+    ONNX file, write the IR, compile) and cached (read the IR, compile); medians of ``rounds``,
+    interleaved."""
+    from w2v_serve.sessions import OpenVINOSession, open_session, openvino_available, openvino_supports_bf16
+
+    if not (openvino_available() and openvino_supports_bf16()):
+        return {"note": "not run: needs OpenVINO and a CPU with bf16"}
+    times: dict[str, list[float]] = {"uncached": [], "cold": [], "warm": []}
+    saved = os.environ.get("XDG_CACHE_HOME")
+    try:
+        with tempfile.TemporaryDirectory() as warm_cache:
+            os.environ["XDG_CACHE_HOME"] = warm_cache
+            open_session(model, runtime="openvino", threads=THREADS, precision="bf16")    # fills it
+            for _ in range(rounds):
+                start = time.perf_counter()
+                OpenVINOSession(model, threads=THREADS, precision="bf16", cache=False)
+                times["uncached"].append(time.perf_counter() - start)
+                with tempfile.TemporaryDirectory() as cold_cache:
+                    for kind, cache in (("cold", cold_cache), ("warm", warm_cache)):
+                        os.environ["XDG_CACHE_HOME"] = cache
+                        start = time.perf_counter()
+                        open_session(model, runtime="openvino", threads=THREADS, precision="bf16")
+                        times[kind].append(time.perf_counter() - start)
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = saved
+    return {"rounds": rounds, **{f"{kind}_seconds": round(statistics.median(v), 3) for kind, v in times.items()}}
+
+
 def attention_bias_cost(rounds: int = 200) -> dict:
     """One attention block with and without the padding bias's Add under ONNX Runtime fp32 (the
     product's session settings, 2 threads): 12 heads of 64, T = 499 frames (10 s), batch 1."""
@@ -323,6 +359,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             result["graphs"] = graph_comparison(ours["dir"] / "model.onnx", ours["dir_int8"] / "model.int8.onnx",
                                                 peer, work, audio, args.graph_rounds, args.graph_sessions)
             result["attention_bias"] = attention_bias_cost()
+            result["session_open"] = session_open(ours["dir"] / "model.onnx")
         if not args.skip_job:
             bundled = default_model_dir()
             lm = bundled / "lm.arpa" if bundled is not None and (bundled / "lm.arpa").exists() else None
@@ -347,6 +384,10 @@ def _print(result: dict) -> None:
                 print(f"  {k:18s} wall {v['ours_seconds']:.3f} / {v['peer_seconds']:.3f} s = {v['ours_vs_peer']:.3f}x   "
                       f"CPU {v['ours_cpu_seconds']:.3f} / {v['peer_cpu_seconds']:.3f} s = {v['cpu_ours_vs_peer']:.3f}x   "
                       f"(sessions: ours {v['ours_sessions_range']}, theirs {v['peer_sessions_range']} of the median)")
+    o = result.get("session_open")
+    if o and "cold_seconds" in o:
+        print(f"opening our graph's OpenVINO bf16 session: {o['uncached_seconds']} s without a cache, "
+              f"{o['cold_seconds']} s writing OpenVINO's form of it to the cache, {o['warm_seconds']} s from it")
     a = result.get("attention_bias")
     if a:
         print(f"attention block, {a['heads']} heads x {a['frames']} frames, ONNX Runtime fp32: {a['with_bias_ms']} ms with "

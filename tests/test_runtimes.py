@@ -69,6 +69,43 @@ def test_openvino_session_is_safe_across_threads():
 
 
 @needs_openvino
+@pytest.mark.skipif(not sessions.openvino_supports_bf16(), reason="this CPU has no native bf16")
+def test_openvino_bf16_sessions_keep_openvinos_form_of_the_graph_and_run_it_unchanged(tmp_path, monkeypatch):
+    """bf16 compilations are never cached; their graph is, in OpenVINO's form (IR) under
+    ``openvino-ir/KEY``: a second session reads it and gives bitwise the first one's output; a
+    damaged entry is replaced; a changed model file gets an entry of its own; without ``cache`` no
+    entry is made."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sessions, "OPENVINO_CACHE_MIN_BYTES", 1)
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model_dir("attention") / "model.onnx", model)
+    root = tmp_path / "cache" / "w2v" / "openvino-ir"
+    feeds = _batch()
+    first = open_session(model, runtime="openvino", threads=1, precision="bf16").run(["logits"], feeds)[0]
+    entries = list(root.iterdir())
+    assert [e.name for e in entries] == [sessions._file_key(model)]
+    xml = entries[0] / "model.xml"
+    assert xml.is_file() and (entries[0] / "model.bin").is_file()
+    assert not (tmp_path / "cache" / "w2v" / "openvino").exists()     # no compiled bf16 blob
+
+    read_back = open_session(model, runtime="openvino", threads=1, precision="bf16").run(["logits"], feeds)[0]
+    np.testing.assert_array_equal(read_back, first)
+
+    xml.write_text("<net broken")
+    repaired = open_session(model, runtime="openvino", threads=1, precision="bf16").run(["logits"], feeds)[0]
+    np.testing.assert_array_equal(repaired, first)
+    assert "<net broken" not in xml.read_text()
+
+    model.write_bytes(model.read_bytes())                              # a new modification time
+    open_session(model, runtime="openvino", threads=1, precision="bf16")
+    assert len(list(root.iterdir())) == 2 and not [p for p in root.iterdir() if p.name.startswith(".")]
+
+    shutil.rmtree(root)
+    sessions.OpenVINOSession(model, threads=1, precision="bf16", cache=False)
+    assert not root.exists()
+
+
+@needs_openvino
 def test_openvino_session_releases_its_buffers_only_when_no_run_is_in_progress():
     """``release_memory`` frees the compiled model's intermediate buffers between runs (outputs
     after it are unchanged) and refuses while another thread's run is in progress;
