@@ -49,7 +49,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.bench_engine import VOCAB, export_transformers, ov_plain, speech_file
-from bench.timing import SAMPLE_RATE
+from bench.timing import SAMPLE_RATE, interleaved_wall_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -124,13 +124,13 @@ def whole_job(model_dir: Path, peer: Path, wav: Path, lm: Optional[Path], rounds
     audio = load_audio(wav)
     piece = PIECE_SECONDS * SAMPLE_RATE
     pieces = [audio[k:k + piece][None] for k in range(0, len(audio), piece) if len(audio[k:k + piece]) >= 400]
-    _, ov_precision = ov_plain(peer, None)
+    precision: dict[str, str] = {}
 
     def model_only() -> float:
         # A model compiled afresh each round (compiling and one warm-up piece not timed), as each
         # round of the job is a fresh process: where a compiled model's weights land in memory
         # moves its speed by a few percent, for the whole life of the compiled model.
-        request, _ = ov_plain(peer, None)
+        request, precision["openvino"] = ov_plain(peer, None)
         request.infer({"input_values": pieces[0]})
         start = time.perf_counter()
         for p in pieces:
@@ -154,7 +154,7 @@ def whole_job(model_dir: Path, peer: Path, wav: Path, lm: Optional[Path], rounds
     out = {
         "audio_seconds": round(len(audio) / SAMPLE_RATE, 1),
         "model_only_seconds": round(med["model_only"], 2),
-        "model_only": f"OpenVINO defaults (inference precision {ov_precision}) on transformers' export, "
+        "model_only": f"OpenVINO defaults (inference precision {precision['openvino']}) on transformers' export, "
                       f"{PIECE_SECONDS} s pieces, {THREADS} threads, compiled afresh each round, model loaded, no decoding",
         "rounds_seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
         "transcript_words": words,
@@ -207,7 +207,7 @@ def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio:
                  **({"notes": notes} if notes else {})}
     for name, (make, paths) in cases.items():       # one case at a time: its sessions, then freed
         systems = {f"{side}{i}": make(paths[side], side) for i in range(sessions) for side in ("ours", "peer")}
-        wall, cpu = interleaved(systems, rounds)
+        wall, cpu = interleaved_wall_cpu(systems, rounds, alternate=True)
         del systems
         result: dict = {}
         for side in ("ours", "peer"):
@@ -221,22 +221,6 @@ def graph_comparison(ours: Path, ours_int8: Path, peer: Path, work: Path, audio:
         result["cpu_ours_vs_peer"] = round(result["ours_cpu_seconds"] / result["peer_cpu_seconds"], 3)
         out[name] = result
     return out
-
-
-def interleaved(systems: dict[str, Callable], rounds: int) -> tuple[dict, dict]:
-    """Wall and process-CPU seconds of each system over ``rounds`` rounds after one warm-up call
-    each; every other round runs the systems in reverse order, so none always follows the same one."""
-    wall: dict[str, list[float]] = {k: [] for k in systems}
-    cpu: dict[str, list[float]] = {k: [] for k in systems}
-    for fn in systems.values():
-        fn()                                                           # warm-up
-    for r in range(rounds):
-        for name in (list(systems) if r % 2 == 0 else list(systems)[::-1]):
-            w, c = time.perf_counter(), time.process_time()
-            systems[name]()
-            cpu[name].append(time.process_time() - c)
-            wall[name].append(time.perf_counter() - w)
-    return wall, cpu
 
 
 def session_open(model: Path, rounds: int = 3) -> dict:
@@ -304,8 +288,9 @@ def attention_bias_cost(rounds: int = 200) -> dict:
             "v": rng.standard_normal((1, heads, frames, dim), dtype=np.float32),
             "bias": np.zeros((1, 1, 1, frames), np.float32)}
     with_bias, without = block(True), block(False)
-    wall, _ = interleaved({"with": lambda: with_bias.run(None, feed),
-                           "without": lambda: without.run(None, {k: feed[k] for k in ("q", "kt", "v")})}, rounds)
+    wall, _ = interleaved_wall_cpu({"with": lambda: with_bias.run(None, feed),
+                                    "without": lambda: without.run(None, {k: feed[k] for k in ("q", "kt", "v")})},
+                                   rounds, alternate=True)
     w, wo = statistics.median(wall["with"]), statistics.median(wall["without"])
     return {"frames": frames, "heads": heads, "rounds": rounds, "with_bias_ms": round(w * 1e3, 3),
             "without_bias_ms": round(wo * 1e3, 3), "bias_ms_per_block": round((w - wo) * 1e3, 3)}

@@ -34,16 +34,26 @@ def best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
 def interleaved(systems: Mapping[str, Callable[[], object]], rounds: int, warmup: bool = True) -> dict[str, list[float]]:
     """Seconds per call of every system, ``rounds`` rounds of one call each (after one warm-up
     call each: allocations, first-run planning, shape compilation)."""
+    return interleaved_wall_cpu(systems, rounds, warmup)[0]
+
+
+def interleaved_wall_cpu(systems: Mapping[str, Callable[[], object]], rounds: int, warmup: bool = True,
+                         alternate: bool = False) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call of every system, as ``interleaved``; with
+    ``alternate`` every other round runs the systems in reverse order, so none always follows
+    the same one."""
     if warmup:
         for fn in systems.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(rounds):
-        for name, fn in systems.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+    wall: dict[str, list[float]] = {name: [] for name in systems}
+    cpu: dict[str, list[float]] = {name: [] for name in systems}
+    for r in range(rounds):
+        for name in (list(systems)[::-1] if alternate and r % 2 else list(systems)):
+            w, c = time.perf_counter(), time.process_time()
+            systems[name]()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+    return wall, cpu
 
 
 def median(values) -> float:
