@@ -9,7 +9,9 @@ Tests that need OpenVINO skip when it is not installed; the error for forcing it
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -96,9 +98,14 @@ def test_openvino_bf16_sessions_keep_openvinos_form_of_the_graph_and_run_it_unch
     np.testing.assert_array_equal(repaired, first)
     assert "<net broken" not in xml.read_text()
 
+    abandoned, writing = root / ".abandoned.x", root / ".writing.x"   # staging folders of other processes
+    abandoned.mkdir(), writing.mkdir()
+    old = time.time() - sessions.STAGING_MAX_AGE_S - 60
+    os.utime(abandoned, (old, old))
     model.write_bytes(model.read_bytes())                              # a new modification time
     open_session(model, runtime="openvino", threads=1, precision="bf16")
-    assert len(list(root.iterdir())) == 2 and not [p for p in root.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".writing.x"]
+    assert len([p for p in root.iterdir() if not p.name.startswith(".")]) == 2
 
     shutil.rmtree(root)
     sessions.OpenVINOSession(model, threads=1, precision="bf16", cache=False)

@@ -33,6 +33,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,22 @@ def release_runtime_memory() -> int:
     return sum(session.release_memory() for session in list(_OPENVINO_SESSIONS))
 
 
+STAGING_MAX_AGE_S = 3600            # a cache folder still being written after this was abandoned
+
+
 def _trim_cache(cache_dir: Path, limit: int = OPENVINO_CACHE_BYTES) -> None:
     """Drop the oldest entries of ``cache_dir`` (files, or folders counted by their files) until
-    it holds at most ``limit`` bytes; never the newest, the one just written or used."""
+    it holds at most ``limit`` bytes; never the newest, the one just written or used. Staging
+    folders (``.NAME...``, being written) are left alone unless older than ``STAGING_MAX_AGE_S``:
+    a process killed while writing one."""
     def size(p: Path) -> int:
         return sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
 
     try:
+        staging = [p for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith(".")]
+        for p in staging:
+            if time.time() - p.stat().st_mtime > STAGING_MAX_AGE_S:
+                shutil.rmtree(p, ignore_errors=True)
         entries = sorted((p.stat().st_mtime, size(p), p) for p in cache_dir.iterdir()
                          if p.is_file() or (p.is_dir() and not p.name.startswith(".")))
         total = sum(n for _, n, _ in entries)
